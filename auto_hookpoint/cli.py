@@ -1,0 +1,97 @@
+"""The ``auto-hookpoint`` command.
+
+``auto-hookpoint [MODEL_DIR] [--text TEXT]`` hooks a model (by default a small Llama
+built from its config, with a tokenizer trained offline; or a local HuggingFace model
+folder), prints the table of its hook sites and a short run_with_cache /
+run_with_hooks demonstration. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_TEXT = "The return statement leaves the current function call with a value."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="auto-hookpoint",
+        description="Hook a model with TransformerLens HookPoints and show its hook sites.",
+    )
+    parser.add_argument(
+        "model_dir",
+        nargs="?",
+        type=Path,
+        help="a local HuggingFace model folder (default: a small Llama built from a config)",
+    )
+    parser.add_argument("--text", default=DEFAULT_TEXT, help="input text for the demonstration")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    from auto_hookpoint import auto_hook
+    from auto_hookpoint.site_report import SiteStatus, describe_sites, format_site_table
+
+    model, tokenizer, label = _load(args.model_dir)
+    inputs = dict(tokenizer(args.text, return_tensors="pt"))
+    hooked = auto_hook(model)
+    records = describe_sites(hooked, **inputs)
+    fired = sum(r.status is SiteStatus.FIRED for r in records)
+    print(f"{label}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(f"{len(records)} hook sites, {fired} fired on {inputs['input_ids'].shape[1]} tokens\n")
+    print(format_site_table(records))
+    print()
+    _demonstrate(hooked, inputs, [r.name for r in records if r.status is SiteStatus.FIRED])
+    return 0
+
+
+def _load(model_dir: Path | None) -> tuple[nn.Module, Any, str]:
+    if model_dir is None:
+        from auto_hookpoint.demo import demo_model, demo_tokenizer
+
+        return demo_model(), demo_tokenizer(), "demo LlamaForCausalLM (random weights)"
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        sys.exit(f"auto-hookpoint: {model_dir} is not a HuggingFace model folder (no config.json)")
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    auto_class = AutoModelForCausalLM if causal else AutoModel
+    model = auto_class.from_pretrained(model_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return model, tokenizer, f"{type(model).__name__} from {model_dir}"
+
+
+def _demonstrate(hooked: Any, inputs: dict[str, torch.Tensor], fired: list[str]) -> None:
+    layers = [n for n in fired if n.count(".") >= 2 and n.rsplit(".", 2)[-2].isdigit()]
+    site = layers[len(layers) // 2] if layers else fired[len(fired) // 2]
+    with torch.no_grad():
+        out, cache = hooked.run_with_cache(**inputs, names_filter=site)
+        ablated = hooked.run_with_hooks(
+            **inputs, fwd_hooks=[(site, lambda t, hook: torch.zeros_like(t))]
+        )
+    act = cache[site]
+    print(f'run_with_cache(..., names_filter="{site}")')
+    print(f"  cache[{site!r}]: shape {list(act.shape)}, mean |x| {act.abs().mean():.4f}")
+    before, after = _primary(out), _primary(ablated)
+    print(f'run_with_hooks(..., fwd_hooks=[("{site}", zero_ablate)])')
+    print(f"  output changed by mean |d| {(after - before).abs().mean():.4f}")
+
+
+def _primary(output: Any) -> torch.Tensor:
+    from auto_hookpoint.core.structure import find_primary, get_at
+
+    path = find_primary(output)
+    assert path is not None
+    return get_at(output, path)  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Hook sites: where a model can be hooked, and what each site is called.
+
+Naming contract (see the README):
+
+* every submodule output is ``<module path>.hook_point``; the root output is ``hook_point``;
+* container modules (``ModuleList``, ``ModuleDict``, ``Sequential`` below the root,
+  ``ParameterList``, ``ParameterDict``) have no output site: they are either never
+  called or merely forward their last child's output;
+* each parameter owned directly by a module whose class is not one of torch's own
+  (an autoencoder's ``W_enc``, an RMSNorm's ``weight``) is ``<param path>.hook_point``;
+* a ``HookPoint`` already placed in the model keeps its own path as its name.
+
+Module paths are those of ``named_modules()``; a module reachable by several paths
+gets the first, as ``named_modules()`` reports it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+HOOK_SUFFIX = "hook_point"
+
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
+class SiteKind(enum.Enum):
+    OUTPUT = "output"
+    """The primary tensor of a module's output."""
+    PARAMETER = "parameter"
+    """A parameter, as its owning module is about to compute with it."""
+    HOOK_POINT = "hook_point"
+    """A ``HookPoint`` the model's author placed in the forward themselves."""
+
+
+@dataclass(eq=False)
+class Site:
+    """One hookable place in the model.
+
+    ``hook_point`` is the TransformerLens ``HookPoint`` that user hooks are attached to.
+    For OUTPUT and PARAMETER sites it is created by auto_hookpoint and lives outside the
+    module tree (so ``state_dict`` and ``named_modules`` are untouched); for HOOK_POINT
+    sites it is the model's own module.
+    """
+
+    name: str
+    kind: SiteKind
+    module: nn.Module
+    module_path: str
+    param_name: str | None = None
+    hook_point: HookPoint = field(repr=False, kw_only=True)
+
+    @property
+    def module_type(self) -> str:
+        return type(self.module).__name__
+
+
+def site_name(path: str) -> str:
+    """The name of the site at module or parameter ``path`` ('' is the root)."""
+    return f"{path}.{HOOK_SUFFIX}" if path else HOOK_SUFFIX
+
+
+def is_torch_builtin(module: nn.Module) -> bool:
+    """True for modules whose class is torch's own (``nn.Linear``, ``nn.Embedding``, ...)."""
+    return type(module).__module__.startswith("torch.")
+
+
+def has_output_site(module: nn.Module, path: str) -> bool:
+    if isinstance(module, HookPoint):
+        return False
+    if path and type(module) is nn.Sequential:
+        return False
+    return not isinstance(module, _CONTAINERS)
+
+
+def discover_sites(
+    root: nn.Module, make_hook_point: Callable[[str], HookPoint]
+) -> list[Site]:
+    """List every site of ``root`` in ``named_modules()`` order.
+
+    ``make_hook_point(name)`` creates the HookPoint of each OUTPUT and PARAMETER site.
+
+    Raises ValueError if two sites would share a name (for example a hand-placed
+    HookPoint stored under the attribute name ``hook_point`` on the root).
+    """
+    sites: list[Site] = []
+    for path, module in root.named_modules():
+        if isinstance(module, HookPoint):
+            if path:  # a HookPoint as the root has nothing to hook around it
+                sites.append(Site(path, SiteKind.HOOK_POINT, module, path, hook_point=module))
+            continue
+        if has_output_site(module, path):
+            name = site_name(path)
+            sites.append(
+                Site(name, SiteKind.OUTPUT, module, path, hook_point=make_hook_point(name))
+            )
+        if not is_torch_builtin(module):
+            for param_name, _ in module.named_parameters(recurse=False):
+                param_path = f"{path}.{param_name}" if path else param_name
+                name = site_name(param_path)
+                sites.append(
+                    Site(
+                        name,
+                        SiteKind.PARAMETER,
+                        module,
+                        path,
+                        param_name,
+                        hook_point=make_hook_point(name),
+                    )
+                )
+    _check_unique(sites)
+    return sites
+
+
+def _check_unique(sites: list[Site]) -> None:
+    seen: dict[str, Site] = {}
+    for site in sites:
+        other = seen.setdefault(site.name, site)
+        if other is not site:
+            raise ValueError(
+                f"Two hook sites would both be named {site.name!r}: the {other.kind.value} "
+                f"of {other.module_path or 'the root'!r} and the {site.kind.value} of "
+                f"{site.module_path or 'the root'!r}. Rename the attribute that holds "
+                f"the module called {HOOK_SUFFIX!r} so that names stay unique."
+            )

@@ -1,0 +1,41 @@
+"""The errors auto_hookpoint raises on wrong use; each message names the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AutoHookError(Exception):
+    """Base class of auto_hookpoint's own errors."""
+
+
+class UnknownHookNameError(AutoHookError, KeyError):
+    """A hook name that is not a site of the model. A KeyError, as TransformerLens raises."""
+
+    def __init__(self, name: object, known: Iterable[str]):
+        known = list(known)
+        close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.6)
+        hint = (
+            "Closest names: " + ", ".join(repr(c) for c in close) + "."
+            if close
+            else f"Names look like {known[1] if len(known) > 1 else 'hook_point'!r}."
+        )
+        message = (
+            f"{name!r} is not a hook site of this model ({len(known)} sites; "
+            f"a module's output is '<module path>.hook_point'). {hint} "
+            "List them all with `model.hook_dict.keys()`."
+        )
+        super().__init__(message)
+        self.name = name
+        self.closest = close
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])
+
+
+class HookFunctionError(AutoHookError, RuntimeError):
+    """A user hook raised; the message names the hook and the site it was attached to.
+
+    The hook's own exception is the ``__cause__``.
+    """

@@ -1,0 +1,262 @@
+"""``auto_hook``: make any ``nn.Module`` a TransformerLens ``HookedRootModule``.
+
+On an instance, the model's class is swapped for a subclass composed of
+:class:`HookedModule`, the model's own class and ``HookedRootModule``: the object stays
+the same object, still an instance of its class (same name, so ``save_pretrained`` and
+friends see nothing new), and gains ``hook_dict``, ``run_with_hooks``,
+``run_with_cache``, ``hooks()``, ``reset_hooks``. Nothing is added to the module tree,
+so parameters, buffers and ``state_dict`` keys are unchanged.
+
+On a class (as a decorator), every instance comes out hooked once its ``__init__``
+(and that of any subclass) has finished.
+
+``unwrap()`` undoes all of it: every hook of ours is removed, the attributes we set are
+taken away and the original class is restored.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar, overload
+
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from auto_hookpoint.core.hook_core import HookCore
+from auto_hookpoint.core.sites import Site, SiteKind
+from auto_hookpoint.errors import UnknownHookNameError
+
+M = TypeVar("M", bound=nn.Module)
+
+_CORE = "_auto_hook_core"
+_SAVED = "_auto_hook_saved"
+_INIT_DEPTH = "_auto_hook_init_depth"
+# Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
+_STATE = ("hook_dict", "mod_dict", "is_caching", "context_level", _CORE)
+
+
+class SiteDict(dict[str, HookPoint]):
+    """``hook_dict``/``mod_dict``: site name to HookPoint; a wrong name gets the closest ones."""
+
+    def __missing__(self, name: str) -> HookPoint:
+        raise UnknownHookNameError(name, self.keys())
+
+
+class _Unwrap:
+    """``unwrap``: on a decorated class, the original class; on an instance, see unwrap()."""
+
+    def __get__(self, obj: Any, owner: type) -> Callable[[], Any]:
+        if obj is None:
+            return lambda: owner.__dict__.get("__auto_hook_original__", owner)
+        return functools.partial(unwrap, obj)
+
+
+class HookedModule:
+    """The part of a hooked model's class that auto_hook adds in front of the model's own.
+
+    ``isinstance(model, HookedModule)`` tells whether a model is hooked.
+    """
+
+    __auto_hook_original__: type[nn.Module]
+    hook_dict: SiteDict
+    mod_dict: SiteDict
+    unwrap = _Unwrap()
+
+    @property
+    def hook_sites(self) -> Mapping[str, Site]:
+        """Every site by name, with its kind, module and module path (read-only)."""
+        return MappingProxyType(_core(self).sites)
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: list[tuple[str | Callable[[str], bool], Callable[..., Any]]] = [],  # noqa: B006
+        bwd_hooks: list[tuple[str | Callable[[str], bool], Callable[..., Any]]] = [],  # noqa: B006
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """TransformerLens' ``run_with_hooks``, calling the model (not ``forward``) so
+        that the root output site ``hook_point`` fires too."""
+        if bwd_hooks and reset_hooks_end:
+            logging.warning(
+                "WARNING: Hooks will be reset at the end of run_with_hooks. This removes "
+                "the backward hooks before a backward pass can occur."
+            )
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):  # type: ignore[attr-defined]
+            return self(*model_args, **model_kwargs)  # type: ignore[operator]
+
+    def setup(self) -> None:
+        """Find the sites again, after the model's structure has changed.
+
+        All hooks are removed. (Before auto_hook has attached, this does nothing, so a
+        TransformerLens-style ``__init__`` that calls ``self.setup()`` still works.)
+        """
+        if _CORE in self.__dict__:
+            _detach(self)  # type: ignore[arg-type]
+            _attach(self, HookCore(self))  # type: ignore[arg-type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A user subclass of a decorated class: attach once the outermost __init__ is done.
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_auto_hook_attaches", False):
+            cls.__init__ = _attach_after(init)  # type: ignore[misc]
+
+
+@overload
+def auto_hook(target: type[M]) -> type[M]: ...
+@overload
+def auto_hook(target: M) -> M: ...
+def auto_hook(target: Any) -> Any:
+    """Hook every submodule output and direct parameter of a model (or of a class's
+    instances) with TransformerLens HookPoints.
+
+    Returns the same object (an instance) or a subclass standing in for the class.
+    Applying it to something already hooked warns and returns it unchanged.
+    """
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module):
+            raise TypeError(
+                f"auto_hook takes an nn.Module subclass or instance; {target.__qualname__} "
+                "is a class that does not derive from torch.nn.Module."
+            )
+        if issubclass(target, HookedModule):
+            warnings.warn(f"{target.__qualname__} is already auto_hooked", stacklevel=2)
+            return target
+        return _decorated_class(target)
+    if isinstance(target, HookedModule):
+        warnings.warn(f"this {type(target).__name__} is already auto_hooked", stacklevel=2)
+        return target
+    if not isinstance(target, nn.Module):
+        raise TypeError(
+            f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
+            f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
+        )
+    core = HookCore(target)  # may raise; nothing on the model has changed yet
+    original = type(target)
+    target.__class__ = _instance_class(original)
+    try:
+        _attach(target, core)
+    except BaseException:
+        _detach(target)
+        raise
+    return target
+
+
+def unwrap(model: M) -> M:
+    """Remove everything auto_hook put on ``model`` and return it, as its original class.
+
+    Hooks that were on the model's own HookPoints before auto_hook are kept.
+    """
+    if not isinstance(model, HookedModule):
+        raise TypeError(f"this {type(model).__name__} is not auto_hooked; nothing to unwrap")
+    if not type(model).__dict__.get("__auto_hook_composed__"):
+        raise TypeError(
+            f"{type(model).__qualname__} subclasses an @auto_hook class; there is no "
+            "un-hooked version of it to return to. Unwrap the decorated class instead "
+            "(`Decorated.unwrap()`) and subclass that."
+        )
+    _detach(model)  # type: ignore[arg-type]
+    return model
+
+
+def _core(model: Any) -> HookCore:
+    return model.__dict__[_CORE]  # type: ignore[no-any-return]
+
+
+def _attach(model: nn.Module, core: HookCore) -> None:
+    state = model.__dict__
+    saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
+    hand_placed = {
+        site.name: (site.hook_point.name, {id(h) for h in site.hook_point.fwd_hooks + site.hook_point.bwd_hooks})
+        for site in core.sites.values()
+        if site.kind is SiteKind.HOOK_POINT
+    }
+    state[_SAVED] = (saved, hand_placed)
+    for site in core.sites.values():
+        if site.kind is SiteKind.HOOK_POINT:
+            site.hook_point.name = site.name
+    hook_dict = SiteDict((name, site.hook_point) for name, site in core.sites.items())
+    state.update(
+        hook_dict=hook_dict,
+        mod_dict=SiteDict(hook_dict),
+        is_caching=False,
+        context_level=0,
+        **{_CORE: core},
+    )
+
+
+def _detach(model: nn.Module) -> None:
+    """Undo _attach and the class swap; safe on a half-attached model."""
+    state = model.__dict__
+    core: HookCore | None = state.get(_CORE)
+    saved, hand_placed = state.pop(_SAVED, ({}, {}))
+    if core is not None:
+        core.close()
+        for name, (old_name, kept) in hand_placed.items():
+            hook_point = core.sites[name].hook_point
+            for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):
+                for handle in [h for h in handles if id(h) not in kept]:
+                    handle.hook.remove()
+                    handles.remove(handle)
+            hook_point.name = old_name
+    for name in _STATE:
+        state.pop(name, None)
+    state.update(saved)
+    model.__class__ = type(model).__dict__.get("__auto_hook_original__", type(model))
+
+
+def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:
+    bases: tuple[type, ...] = (HookedModule, original)
+    if not issubclass(original, HookedRootModule):
+        bases += (HookedRootModule,)
+    namespace = {
+        "__module__": original.__module__,
+        "__qualname__": original.__qualname__,
+        "__doc__": original.__doc__,
+        "__auto_hook_original__": original,
+        "__auto_hook_composed__": True,
+        **namespace,
+    }
+    return type(original)(original.__name__, bases, namespace)
+
+
+@functools.cache
+def _instance_class(original: type[nn.Module]) -> type[Any]:
+    return _compose(original, {})
+
+
+def _decorated_class(original: type[M]) -> type[M]:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        super(hooked, self).__init__(*args, **kwargs)
+
+    functools.update_wrapper(init, original.__init__)
+    hooked = _compose(original, {"__init__": _attach_after(init)})
+    return hooked
+
+
+def _attach_after(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``init`` so that the model is hooked when the outermost ``__init__`` returns."""
+
+    @functools.wraps(init)
+    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        depth = self.__dict__.get(_INIT_DEPTH, 0)
+        self.__dict__[_INIT_DEPTH] = depth + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if depth:
+                self.__dict__[_INIT_DEPTH] = depth
+            else:
+                self.__dict__.pop(_INIT_DEPTH, None)
+        if not depth:
+            _attach(self, HookCore(self))
+
+    __init__._auto_hook_attaches = True  # type: ignore[attr-defined]
+    return __init__

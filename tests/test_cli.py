@@ -1,0 +1,43 @@
+"""The `auto-hookpoint` command: the README's main job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from auto_hookpoint.cli import main
+from hf_models import minilm_path
+
+
+def test_default_run_prints_the_site_table_and_a_demonstration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "37 hook sites, 37 fired" in out
+    assert "model.layers.0.mlp.hook_point" in out and "LlamaMLP" in out
+    assert "model.norm.weight.hook_point" in out and "parameter" in out
+    assert "cache['model.layers.1.hook_point']: shape [1, " in out
+    assert "output changed by mean |d|" in out
+
+
+def test_local_pretrained_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([minilm_path(), "--text", "A man is eating food."]) == 0
+    out = capsys.readouterr().out
+    assert "BertModel from" in out and "encoder.layer.5.output.LayerNorm.hook_point" in out
+    assert "(not called)" in out  # attention dropout modules unused by SDPA, said so
+
+
+def test_folder_that_is_not_a_model_is_refused_clearly(tmp_path: object) -> None:
+    with pytest.raises(SystemExit, match="not a HuggingFace model folder"):
+        main([str(tmp_path)])
+
+
+def test_console_script_runs_offline() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "auto_hookpoint.cli"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hook sites" in done.stdout
