@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
+import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
@@ -30,6 +31,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
+from auto_hookpoint.observers.cache import CacheObserver, NamesFilter, resolve_names_filter
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -38,6 +40,7 @@ _SAVED = "_auto_hook_saved"
 _INIT_DEPTH = "_auto_hook_init_depth"
 # Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
 _STATE = ("hook_dict", "mod_dict", "is_caching", "context_level", _CORE)
+_PLAIN_STATE = frozenset({"is_caching", "context_level"})
 
 
 class SiteDict(dict[str, HookPoint]):
@@ -90,6 +93,66 @@ class HookedModule:
             )
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):  # type: ignore[attr-defined]
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """TransformerLens' ``run_with_cache``: ``(model output, {site name: activation})``.
+
+        Activations are stored as TransformerLens stores them. With ``incl_bwd=True`` or
+        ``reset_hooks_end=False`` this is TransformerLens' own implementation; otherwise
+        a cache observer of the hook core does the work, at lower cost and visible only
+        to the calling thread. A site name in ``names_filter`` that does not exist
+        raises ``UnknownHookNameError`` instead of caching nothing.
+        """
+        core = _core(self)
+        names = resolve_names_filter(names_filter, core.sites)
+        if incl_bwd or not reset_hooks_end:
+            return super().run_with_cache(  # type: ignore[misc, no-any-return]
+                *model_args,
+                names_filter=names,
+                device=device,
+                remove_batch_dim=remove_batch_dim,
+                incl_bwd=incl_bwd,
+                reset_hooks_end=reset_hooks_end,
+                clear_contexts=clear_contexts,
+                pos_slice=pos_slice,
+                **model_kwargs,
+            )
+        observer = CacheObserver(device, remove_batch_dim, pos_slice)
+        try:
+            with core.observing(observer, names):
+                output = self(*model_args, **model_kwargs)  # type: ignore[operator]
+        finally:
+            if clear_contexts:
+                self.clear_contexts()  # type: ignore[attr-defined]
+        return output, observer.cache
+
+    def remove_all_hook_fns(
+        self, direction: Any = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        """TransformerLens' method, visiting only the sites that hold hooks (and the
+        model's own HookPoints) rather than all of them: same result, O(hooked sites)."""
+        core = _core(self)
+        for hook_point in [*core.hooked.values(), *core.own_hook_points]:
+            hook_point.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    # HookedRootModule's bookkeeping, set on every hooks()/run_with_cache call: plain
+    # values, so skip nn.Module.__setattr__'s parameter/module/buffer checks.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_STATE:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def setup(self) -> None:
         """Find the sites again, after the model's structure has changed.

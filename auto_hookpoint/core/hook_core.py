@@ -110,6 +110,9 @@ class HookCore:
             site.name: site
             for site in discover_sites(root, lambda name: SiteHookPoint(name, self._changed))
         }
+        # Site HookPoints that hold hooks, in the order they gained them: what
+        # reset_hooks() has to visit.
+        self.hooked: dict[str, SiteHookPoint] = {}
         by_module: dict[int, _ModuleHooks] = {}
         self._site_modules: dict[str, _ModuleHooks] = {}
         for site in self.sites.values():
@@ -124,6 +127,9 @@ class HookCore:
             # their _ModuleHooks serves only observers, their own hooks fire natively.
             else:
                 hooks.output_site = site
+        self.own_hook_points = [
+            site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
+        ]
 
     def _all_module_hooks(self) -> list[_ModuleHooks]:
         return list({id(h): h for h in self._site_modules.values()}.values())
@@ -138,8 +144,14 @@ class HookCore:
 
     # ----------------------------------------------------------------- activity
     def _changed(self, hook_point: SiteHookPoint) -> None:
-        assert hook_point.name is not None
-        self._refresh(self._site_modules[hook_point.name])
+        name = hook_point.name
+        assert name is not None
+        with self._lock:
+            if hook_point.holds_hooks():
+                self.hooked[name] = hook_point
+            else:
+                self.hooked.pop(name, None)
+            self._refresh(self._site_modules[name])
 
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""

@@ -24,6 +24,9 @@ from transformer_lens.hook_points import HookPoint
 from auto_hookpoint.errors import HookFunctionError
 
 
+_PLAIN_STATE = frozenset({"fwd_hooks", "bwd_hooks", "ctx"})
+
+
 class SiteHookPoint(HookPoint):
     def __init__(self, name: str, on_change: Callable[[SiteHookPoint], None]):
         super().__init__()
@@ -33,6 +36,18 @@ class SiteHookPoint(HookPoint):
     def has_torch_hooks(self) -> bool:
         return bool(self._forward_hooks or self._backward_hooks or self._forward_pre_hooks)
 
+    def holds_hooks(self) -> bool:
+        """Torch hooks, or TransformerLens handles not yet cleared by remove_hooks."""
+        return bool(self.has_torch_hooks() or self.fwd_hooks or self.bwd_hooks)
+
+    # TransformerLens reassigns these on every add/remove; they are plain values, so
+    # skip nn.Module.__setattr__'s parameter/module/buffer checks.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_STATE:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
     def add_hook(self, hook: Any, dir: Any = "fwd", *args: Any, **kwargs: Any) -> None:  # noqa: A002
         named = _name_errors(hook, self)
         super().add_hook(named, dir, *args, **kwargs)
@@ -40,6 +55,18 @@ class SiteHookPoint(HookPoint):
         for handle in self.fwd_hooks if dir == "fwd" else self.bwd_hooks:
             if handle.user_hook is named:
                 handle.user_hook = hook
+
+    # TransformerLens' reset_hooks() visits every HookPoint of the model. On a site with
+    # nothing to remove or clear these return at once instead of reassigning lists
+    # through nn.Module.__setattr__: same result, and reset costs O(hooked sites).
+    def remove_hooks(self, dir: Any = "fwd", *args: Any, **kwargs: Any) -> None:  # noqa: A002
+        if self.fwd_hooks or self.bwd_hooks or dir not in ("fwd", "bwd", "both"):
+            super().remove_hooks(dir, *args, **kwargs)
+            self._on_change(self)
+
+    def clear_context(self) -> None:
+        if self.ctx:
+            super().clear_context()
 
     def register_forward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
         return self._notifying(super().register_forward_hook(*args, **kwargs))

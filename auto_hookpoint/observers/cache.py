@@ -1,0 +1,71 @@
+"""The observer behind ``run_with_cache``: TransformerLens' caching, dispatched by the core.
+
+It stores what TransformerLens' caching hook stores (the activation detached, moved to
+``device``, batch dim removed on request, ``pos_slice`` applied on the position
+dimension) under the site name, without adding a hook to any HookPoint, so it costs
+less and is visible only to the thread or task that runs the cached forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformer_lens.utilities import Slice
+
+from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.sites import Site
+from auto_hookpoint.errors import UnknownHookNameError
+
+# TransformerLens' rule: these activations keep positions third from last.
+_HEAD_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
+
+NamesFilter = Callable[[str], bool] | Sequence[str] | str | None
+
+
+def resolve_names_filter(names_filter: NamesFilter, sites: Mapping[str, Any]) -> list[str]:
+    """The site names (keys of ``sites``) that a TransformerLens ``names_filter`` selects.
+
+    Unlike TransformerLens, a name given as a string (or in a list) that is not a site
+    raises :class:`UnknownHookNameError` with the closest names, rather than caching
+    nothing in silence.
+    """
+    if names_filter is None:
+        return list(sites)
+    if isinstance(names_filter, str):
+        names_filter = [names_filter]
+    if isinstance(names_filter, Sequence):
+        for name in names_filter:
+            if name not in sites:
+                raise UnknownHookNameError(name, sites)
+        return list(dict.fromkeys(names_filter))
+    if callable(names_filter):
+        return [name for name in sites if names_filter(name)]
+    raise ValueError("names_filter must be a string, list of strings, or function")
+
+
+class CacheObserver(Observer):
+    def __init__(
+        self,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        pos_slice: Any = None,
+    ):
+        self.cache: dict[str, torch.Tensor] = {}
+        self.device = device
+        self.remove_batch_dim = remove_batch_dim
+        unwrapped = Slice.unwrap(pos_slice)
+        self.pos_slice = None if unwrapped.slice is None else unwrapped
+
+    def on_output(self, site: Site, tensor: Any) -> None:
+        stored = tensor.detach()
+        if self.device is not None:
+            stored = stored.to(self.device)
+        if self.remove_batch_dim:
+            stored = stored[0]
+        if self.pos_slice is not None:
+            pos_dim = -3 if site.name.endswith(_HEAD_SUFFIXES) else -2
+            if stored.dim() >= -pos_dim:
+                stored = self.pos_slice.apply(stored, dim=pos_dim)
+        self.cache[site.name] = stored
