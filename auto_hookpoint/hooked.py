@@ -169,7 +169,7 @@ class HookedModule:
         # A user subclass of a decorated class: attach once the outermost __init__ is done.
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_auto_hook_attaches", False):
-            cls.__init__ = _attach_after(init)  # type: ignore[misc]
+            setattr(cls, "__init__", _attach_after(init))  # noqa: B010
 
 
 @overload
@@ -237,7 +237,10 @@ def _attach(model: nn.Module, core: HookCore) -> None:
     state = model.__dict__
     saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
     hand_placed = {
-        site.name: (site.hook_point.name, {id(h) for h in site.hook_point.fwd_hooks + site.hook_point.bwd_hooks})
+        site.name: (
+            site.hook_point.name,
+            {id(h) for h in site.hook_point.fwd_hooks + site.hook_point.bwd_hooks},
+        )
         for site in core.sites.values()
         if site.kind is SiteKind.HOOK_POINT
     }
@@ -287,12 +290,19 @@ def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:
         "__auto_hook_composed__": True,
         **namespace,
     }
-    return type(original)(original.__name__, bases, namespace)
+    metaclass: Any = type(original)  # the original's metaclass, whatever it is
+    return metaclass(original.__name__, bases, namespace)  # type: ignore[no-any-return]
 
 
-@functools.cache
+_INSTANCE_CLASSES: dict[type[nn.Module], type[Any]] = {}
+
+
 def _instance_class(original: type[nn.Module]) -> type[Any]:
-    return _compose(original, {})
+    """One composed class per original class, shared by all its hooked instances."""
+    composed = _INSTANCE_CLASSES.get(original)
+    if composed is None:
+        composed = _INSTANCE_CLASSES.setdefault(original, _compose(original, {}))
+    return composed
 
 
 def _decorated_class(original: type[M]) -> type[M]:

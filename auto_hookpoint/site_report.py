@@ -89,6 +89,9 @@ def format_site_table(records: Sequence[SiteRecord]) -> str:
         shape = str(list(r.shape)) if r.shape is not None else f"({r.status.value})"
         rows.append((r.name, r.module_type, r.kind, shape, str(r.calls)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

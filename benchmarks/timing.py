@@ -24,7 +24,7 @@ def median_ratios(
     ratios: dict[str, list[float]] = {name: [] for name in names}
     base_times: list[float] = []
     for round_index in range(rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         times: dict[str, float] = {}
         for name in order:
             fn = variants[name]

@@ -33,7 +33,7 @@ def tensors_in(output: Any) -> list[torch.Tensor]:
 def assert_bit_identical(expected: Any, got: Any) -> None:
     want, have = tensors_in(expected), tensors_in(got)
     assert len(want) == len(have) > 0
-    for a, b in zip(want, have):
+    for a, b in zip(want, have, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.equal(a, b), "hooked output differs from the original's"
 

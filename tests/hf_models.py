@@ -62,15 +62,21 @@ ARCHS: dict[str, Arch] = {
     ),
     "qwen2": Arch(_decoder(tf.Qwen2Config), "model.layers.0.mlp.hook_point"),
     "gpt2": Arch(
-        lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+        lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        ),
         "transformer.h.1.mlp.hook_point",
         not_fired=_attn_dropout("transformer.h.{}.attn.attn_dropout.hook_point"),
     ),
     "gpt_neox": Arch(
         lambda: tf.GPTNeoXForCausalLM(
             tf.GPTNeoXConfig(
-                vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=64,
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=64,
             )
         ),
         "gpt_neox.layers.0.hook_point",
@@ -78,8 +84,12 @@ ARCHS: dict[str, Arch] = {
     "bert": Arch(
         lambda: tf.BertModel(
             tf.BertConfig(
-                vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=64,
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=64,
             )
         ),
         "encoder.layer.0.hook_point",

@@ -61,7 +61,10 @@ class Nested(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
-                {"attn": nn.Linear(8, 8), "mlp": nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))}
+                {
+                    "attn": nn.Linear(8, 8),
+                    "mlp": nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)),
+                }
             )
             for _ in range(2)
         )

@@ -8,6 +8,9 @@ import warnings
 
 import pytest
 import torch
+from battery import torch_hook_count
+from hf_models import ARCHS
+from plain_models import AutoEncoder, Nested
 from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -19,9 +22,6 @@ from auto_hookpoint import (
     auto_hook,
     unwrap,
 )
-from battery import torch_hook_count
-from hf_models import ARCHS
-from plain_models import AutoEncoder, Nested
 
 
 @auto_hook
@@ -53,7 +53,11 @@ def test_decorated_class_instances_come_out_hooked() -> None:
     assert isinstance(ae, DecoratedAE) and isinstance(ae, AutoEncoder)
     assert isinstance(ae, HookedRootModule) and isinstance(ae, HookedModule)
     assert list(ae.hook_dict) == [
-        "hook_point", "W_enc.hook_point", "b_enc.hook_point", "W_dec.hook_point", "b_dec.hook_point"
+        "hook_point",
+        "W_enc.hook_point",
+        "b_enc.hook_point",
+        "W_dec.hook_point",
+        "b_dec.hook_point",
     ]
     assert DecoratedAE.__name__ == "DecoratedAE" and DecoratedAE.__module__ == __name__
 
@@ -126,7 +130,9 @@ def test_colliding_names_are_refused_and_the_model_is_left_untouched() -> None:
 def test_unknown_hook_name_lists_the_closest_real_names() -> None:
     model = auto_hook(llama())
     with pytest.raises(UnknownHookNameError, match="'model.layers.1.mlp.hook_point'") as info:
-        model.run_with_hooks(input_ids=IDS, fwd_hooks=[("model.layers.1.mlp.hookpoint", lambda t, hook: t)])
+        model.run_with_hooks(
+            input_ids=IDS, fwd_hooks=[("model.layers.1.mlp.hookpoint", lambda t, hook: t)]
+        )
     assert isinstance(info.value, KeyError)
     with pytest.raises(KeyError, match="model.layers.0.hook_point"):
         model.hook_dict["model.layers.0"]  # a module path, not a site name
@@ -140,10 +146,16 @@ def test_a_raising_hook_is_named_and_every_temporary_hook_is_removed() -> None:
     def broken(t: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         raise ValueError("deliberate")
 
-    with pytest.raises(HookFunctionError, match=r"broken at 'model.layers.1.mlp.hook_point' raised ValueError: deliberate") as info:
+    with pytest.raises(
+        HookFunctionError,
+        match=r"broken at 'model.layers.1.mlp.hook_point' raised ValueError: deliberate",
+    ) as info:
         model.run_with_hooks(
             input_ids=IDS,
-            fwd_hooks=[("model.layers.0.hook_point", lambda t, hook: t * 2), ("model.layers.1.mlp.hook_point", broken)],
+            fwd_hooks=[
+                ("model.layers.0.hook_point", lambda t, hook: t * 2),
+                ("model.layers.1.mlp.hook_point", broken),
+            ],
         )
     assert isinstance(info.value.__cause__, ValueError)
     assert torch_hook_count(model) == 0
@@ -202,7 +214,9 @@ def test_reset_hooks_keeps_permanent_hooks_as_transformer_lens_does() -> None:
 def test_root_site_fires_in_run_with_hooks() -> None:
     model = auto_hook(llama())
     seen: list[tuple[int, ...]] = []
-    model.run_with_hooks(input_ids=IDS, fwd_hooks=[("hook_point", lambda t, hook: seen.append(tuple(t.shape)))])
+    model.run_with_hooks(
+        input_ids=IDS, fwd_hooks=[("hook_point", lambda t, hook: seen.append(tuple(t.shape)))]
+    )
     assert seen == [(2, 8, 96)]
 
 
@@ -225,7 +239,9 @@ def test_state_dict_round_trips_through_torch_save_and_load_state_dict() -> None
 def test_to_dtype_converts_the_model_and_sites_keep_working() -> None:
     model = auto_hook(llama()).to(torch.float64)
     assert all(p.dtype == torch.float64 for p in model.parameters())
-    _, cache = model.run_with_cache(input_ids=IDS, names_filter=["model.layers.0.hook_point", "model.norm.weight.hook_point"])
+    _, cache = model.run_with_cache(
+        input_ids=IDS, names_filter=["model.layers.0.hook_point", "model.norm.weight.hook_point"]
+    )
     assert cache["model.layers.0.hook_point"].dtype == torch.float64
     assert cache["model.norm.weight.hook_point"].dtype == torch.float64
 

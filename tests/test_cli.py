@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import pytest
-
-from auto_hookpoint.cli import main
 from hf_models import minilm_path
 
+from auto_hookpoint.cli import main
 
-def test_default_run_prints_the_site_table_and_a_demonstration(capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_default_run_prints_the_site_table_and_a_demonstration(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "37 hook sites, 37 fired" in out
@@ -37,7 +39,11 @@ def test_folder_that_is_not_a_model_is_refused_clearly(tmp_path: object) -> None
 def test_console_script_runs_offline() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "auto_hookpoint.cli"], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "auto_hookpoint.cli"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "hook sites" in done.stdout

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from battery import check_hooked_model, torch_hook_count
+from hf_models import ARCHS, NOT_CALLED, _attn_dropout, minilm_path
 from transformers import AutoModel, AutoTokenizer
 
 from auto_hookpoint import auto_hook
-from battery import check_hooked_model, torch_hook_count
-from hf_models import ARCHS, NOT_CALLED, _attn_dropout, minilm_path
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -44,9 +44,13 @@ def test_generate_works_on_the_hooked_model_and_hooks_see_every_step() -> None:
     ids = spec.inputs(batch=1)["input_ids"]
     expected = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     hooked = auto_hook(model)
-    assert torch.equal(hooked.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False), expected)
+    assert torch.equal(
+        hooked.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False), expected
+    )
     steps: list[int] = []
-    with hooked.hooks(fwd_hooks=[("model.layers.0.hook_point", lambda t, hook: steps.append(t.shape[1]))]):
+    with hooked.hooks(
+        fwd_hooks=[("model.layers.0.hook_point", lambda t, hook: steps.append(t.shape[1]))]
+    ):
         hooked.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert steps == [8, 1, 1, 1, 1]  # the prefill, then one position per step (KV cache)
     assert torch_hook_count(hooked) == 0
@@ -70,7 +74,11 @@ def test_pretrained_minilm_activations_mean_something() -> None:
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = auto_hook(AutoModel.from_pretrained(path).eval())
-    sentences = ["A man is eating food.", "A man is eating a meal.", "The stock market fell sharply."]
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a meal.",
+        "The stock market fell sharply.",
+    ]
     inputs = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         _, cache = model.run_with_cache(**inputs, names_filter="encoder.layer.5.hook_point")

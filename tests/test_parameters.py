@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from battery import torch_hook_count
+from plain_models import AutoEncoder
 from torch import nn
 
 from auto_hookpoint import HookFunctionError, auto_hook
-from battery import torch_hook_count
-from plain_models import AutoEncoder
 
 
 class FunctionalLinear(nn.Module):
@@ -74,7 +74,9 @@ def _with_zeroed(model: nn.Module, site: str) -> nn.Module:
 def test_parameter_hook_fires_each_time_the_owner_runs() -> None:
     model = auto_hook(CallsTwice())
     seen: list[torch.Tensor] = []
-    model.run_with_hooks(torch.randn(2, 8), fwd_hooks=[("inner.weight.hook_point", lambda p, hook: seen.append(p))])
+    model.run_with_hooks(
+        torch.randn(2, 8), fwd_hooks=[("inner.weight.hook_point", lambda p, hook: seen.append(p))]
+    )
     assert len(seen) == 2
 
 
@@ -133,7 +135,9 @@ def test_real_parameters_come_back_when_the_module_itself_raises() -> None:
     model = auto_hook(FunctionalLinear())
     real = model.weight
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        model.run_with_hooks(torch.randn(2, 5), fwd_hooks=[("weight.hook_point", lambda p, hook: p * 0)])
+        model.run_with_hooks(
+            torch.randn(2, 5), fwd_hooks=[("weight.hook_point", lambda p, hook: p * 0)]
+        )
     assert model._parameters["weight"] is real
     assert torch_hook_count(model) == 0
     assert model(torch.randn(2, 8)).shape == (2, 4)

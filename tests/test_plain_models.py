@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from auto_hookpoint import auto_hook
-from auto_hookpoint.site_report import SiteStatus, describe_sites
 from battery import check_hooked_model
 from plain_models import (
     AutoEncoder,
@@ -18,6 +15,9 @@ from plain_models import (
     WithNonTensorOutput,
     mlp,
 )
+
+from auto_hookpoint import auto_hook
+from auto_hookpoint.site_report import SiteStatus, describe_sites
 
 CASES = {
     "mlp": (mlp, {"input": torch.randn(4, 8)}, "0.hook_point", {}),
@@ -63,7 +63,9 @@ def test_shared_module_fires_once_per_call() -> None:
     record = {r.name: r for r in describe_sites(model, torch.randn(2, 8))}["shared.hook_point"]
     assert record.calls == 2
     seen: list[torch.Tensor] = []
-    model.run_with_hooks(torch.randn(2, 8), fwd_hooks=[("shared.hook_point", lambda t, hook: seen.append(t))])
+    model.run_with_hooks(
+        torch.randn(2, 8), fwd_hooks=[("shared.hook_point", lambda t, hook: seen.append(t))]
+    )
     assert len(seen) == 2
 
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 import torch
+from battery import torch_hook_count
+from hf_models import ARCHS
 from torch import nn
 from transformer_lens import HookedRootModule
 
 from auto_hookpoint import UnknownHookNameError, auto_hook
-from battery import torch_hook_count
-from hf_models import ARCHS
 
 
 def llama() -> nn.Module:
@@ -72,7 +72,9 @@ def test_backward_caching_and_kept_hooks_take_transformer_lens_path() -> None:
     assert cache["lin.hook_point_grad"].shape == (2, 4)
     model.reset_hooks()
 
-    _, kept = model.run_with_cache(torch.randn(2, 4), names_filter="lin.hook_point", reset_hooks_end=False)
+    _, kept = model.run_with_cache(
+        torch.randn(2, 4), names_filter="lin.hook_point", reset_hooks_end=False
+    )
     first = kept["lin.hook_point"]
     model(torch.randn(2, 4))  # the caching hook is still there, as in TransformerLens
     assert not torch.equal(kept["lin.hook_point"], first)
@@ -85,5 +87,7 @@ def test_cache_is_left_clean_when_the_forward_raises() -> None:
     with pytest.raises(IndexError):
         model.run_with_cache(torch.tensor([[10_000]]))  # token id out of the vocabulary
     assert torch_hook_count(model) == 0
-    _, cache = model.run_with_cache(ARCHS["llama"].inputs()["input_ids"], names_filter="model.norm.hook_point")
+    _, cache = model.run_with_cache(
+        ARCHS["llama"].inputs()["input_ids"], names_filter="model.norm.hook_point"
+    )
     assert list(cache) == ["model.norm.hook_point"]

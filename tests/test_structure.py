@@ -37,7 +37,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("output", "path"), CASES)
-def test_primary_tensor_is_found_and_replaced_in_the_same_structure(output: object, path: tuple) -> None:
+def test_primary_tensor_is_found_and_replaced_in_the_same_structure(
+    output: object, path: tuple
+) -> None:
     assert find_primary(output) == path
     new = torch.zeros(7)
     replaced = replace_at(output, path, new)
@@ -45,7 +47,9 @@ def test_primary_tensor_is_found_and_replaced_in_the_same_structure(output: obje
     assert get_at(replaced, path) is new
 
 
-@pytest.mark.parametrize("output", [None, 3, "text", (), [1, 2], {"a": None}, Frozen("n", None, None)])  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "output", [None, 3, "text", (), [1, 2], {"a": None}, Frozen("n", None, None)]
+)  # type: ignore[arg-type]
 def test_outputs_without_tensors_have_no_primary(output: object) -> None:
     assert find_primary(output) is None
 
@@ -63,4 +67,6 @@ def test_replace_leaves_everything_else_untouched_and_the_input_unchanged() -> N
 def test_model_output_replacement_keeps_item_and_attribute_views_in_step() -> None:
     out = BaseModelOutputWithPast(last_hidden_state=A)
     replaced = replace_at(out, ("last_hidden_state",), C)
-    assert replaced.last_hidden_state is C and replaced["last_hidden_state"] is C and replaced[0] is C
+    assert (
+        replaced.last_hidden_state is C and replaced["last_hidden_state"] is C and replaced[0] is C
+    )

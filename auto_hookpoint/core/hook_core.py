@@ -66,7 +66,8 @@ class _ModuleHooks:
         tensor = get_at(output, path)
         fired = tensor
         hook_point = site.hook_point
-        if site.kind is not SiteKind.HOOK_POINT and hook_point.has_torch_hooks():  # type: ignore[attr-defined]
+        # A model's own HookPoint ran its hooks itself; only ours are called from here.
+        if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
             fired = hook_point(tensor)
         for observer in observers:
             observer.on_output(site, fired)
@@ -84,8 +85,9 @@ class _ModuleHooks:
             if param is None:
                 continue
             shown = param
-            if site.hook_point.has_torch_hooks():  # type: ignore[attr-defined]
-                shown = site.hook_point(param)
+            hook_point = site.hook_point
+            if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
+                shown = hook_point(param)
             for observer in self.core.observers_of(site):
                 observer.on_output(site, shown)
             if shown is not param:

@@ -23,7 +23,6 @@ from transformer_lens.hook_points import HookPoint
 
 from auto_hookpoint.errors import HookFunctionError
 
-
 _PLAIN_STATE = frozenset({"fwd_hooks", "bwd_hooks", "ctx"})
 
 

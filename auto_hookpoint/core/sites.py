@@ -77,9 +77,7 @@ def has_output_site(module: nn.Module, path: str) -> bool:
     return not isinstance(module, _CONTAINERS)
 
 
-def discover_sites(
-    root: nn.Module, make_hook_point: Callable[[str], HookPoint]
-) -> list[Site]:
+def discover_sites(root: nn.Module, make_hook_point: Callable[[str], HookPoint]) -> list[Site]:
     """List every site of ``root`` in ``named_modules()`` order.
 
     ``make_hook_point(name)`` creates the HookPoint of each OUTPUT and PARAMETER site.

@@ -16,11 +16,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-Path = tuple[Union[int, str], ...]
+Path = tuple[int | str, ...]
 
 
 def find_primary(output: Any) -> Path | None:
