@@ -5,17 +5,21 @@
 >>> logits, cache = model.run_with_cache(x, names_filter="layers.0.hook_point")
 """
 
+from auto_hookpoint.check import AutoHookCheckError, AutoHookReport, check_auto_hook
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import AutoHookError, HookFunctionError, UnknownHookNameError
 from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
 
 __all__ = [
+    "AutoHookCheckError",
     "AutoHookError",
+    "AutoHookReport",
     "HookFunctionError",
     "HookedModule",
     "Site",
     "SiteKind",
     "UnknownHookNameError",
     "auto_hook",
+    "check_auto_hook",
     "unwrap",
 ]

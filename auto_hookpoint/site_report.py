@@ -31,11 +31,17 @@ class SiteStatus(enum.Enum):
 class SiteRecord:
     name: str
     kind: str
+    module_path: str
     module_type: str
     status: SiteStatus
     calls: int
-    shape: tuple[int, ...] | None
+    shapes: list[tuple[int, ...]]  # one per call, in order
     dtype: torch.dtype | None
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The shape at the first call (None if the site never fired)."""
+        return self.shapes[0] if self.shapes else None
 
 
 class _Recorder(Observer):
@@ -72,10 +78,11 @@ def describe_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[SiteReco
             SiteRecord(
                 name=name,
                 kind=site.kind.value,
+                module_path=site.module_path,
                 module_type=site.module_type,
                 status=status,
                 calls=len(seen),
-                shape=tuple(first.shape) if first is not None else None,
+                shapes=[tuple(t.shape) for t in seen],
                 dtype=first.dtype if first is not None else None,
             )
         )
