@@ -1,22 +1,22 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written, in order, as a reader would paste them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pytest
-
 README = (Path(__file__).parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(block: str) -> None:
+def test_readme_examples_run_in_order() -> None:
+    assert len(BLOCKS) >= 4
     namespace: dict[str, object] = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
-    # A block that defines a pytest test through auto_hook_cases: run its cases too.
-    test = namespace.get("test_two_layer_is_hooked")
-    if callable(test):
-        for param in test.pytestmark[0].args[1]:  # type: ignore[attr-defined]
-            param.values[0].check()
+    for index, block in enumerate(BLOCKS):
+        exec(compile(block, f"README.md block {index}", "exec"), namespace)  # noqa: S102
+    # The block defining a pytest test through auto_hook_cases: run its cases too.
+    test = namespace["test_two_layer_is_hooked"]
+    cases = test.pytestmark[0].args[1]  # type: ignore[attr-defined]
+    assert len(cases) == 10
+    for param in cases:
+        param.values[0].check()
