@@ -39,3 +39,15 @@ class HookFunctionError(AutoHookError, RuntimeError):
 
     The hook's own exception is the ``__cause__``.
     """
+
+
+class SiteNeverFiredError(AutoHookError, RuntimeError):
+    """run_until's split site did not fire before the forward ended."""
+
+
+class ResumeError(AutoHookError, RuntimeError):
+    """resume_from cannot resume this model from this site, exactly; the message says why."""
+
+
+class EarlyOutputError(AutoHookError, ValueError):
+    """An EarlyOutput file that is corrupt, or does not belong to this model."""

@@ -32,6 +32,9 @@ from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
 from auto_hookpoint.observers.cache import CacheObserver, NamesFilter, resolve_names_filter
+from auto_hookpoint.split.early_output import EarlyOutput
+from auto_hookpoint.split.exit import run_until
+from auto_hookpoint.split.resume import resume_from
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -136,6 +139,17 @@ class HookedModule:
             if clear_contexts:
                 self.clear_contexts()  # type: ignore[attr-defined]
         return output, observer.cache
+
+    def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
+        """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
+        return run_until(self, site, *args, bank=bank, **kwargs)
+
+    def resume_from(
+        self, site: str, activation: torch.Tensor | EarlyOutput, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Finish the forward from block ``site``'s output; see
+        :func:`auto_hookpoint.split.resume_from`."""
+        return resume_from(self, site, activation, *args, **kwargs)
 
     def remove_all_hook_fns(
         self, direction: Any = "both", including_permanent: bool = False, level: int | None = None

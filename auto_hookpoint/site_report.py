@@ -18,6 +18,7 @@ from torch import nn
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import Path
 from auto_hookpoint.hooked import HookedModule, _core
 
 
@@ -49,7 +50,7 @@ class _Recorder(Observer):
         self.fired: dict[str, list[torch.Tensor]] = {}
         self.silent: set[str] = set()
 
-    def on_output(self, site: Site, tensor: Any) -> None:
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         self.fired.setdefault(site.name, []).append(tensor)
 
     def on_no_tensor(self, site: Site, output: Any) -> None:

@@ -14,6 +14,7 @@ from auto_hookpoint.check.report import CheckResult, Status
 from auto_hookpoint.check.subject import Subject, Witness, tensors_in
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import Path
 from auto_hookpoint.hooked import _core, auto_hook
 from auto_hookpoint.site_report import SiteRecord, SiteStatus, describe_sites
 
@@ -209,7 +210,7 @@ class _Keep(Observer):
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
 
-    def on_output(self, site: Site, tensor: Any) -> None:
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
             self.tensors.setdefault(site.name, tensor)
 

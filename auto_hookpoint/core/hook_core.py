@@ -70,7 +70,7 @@ class _ModuleHooks:
         if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
             fired = hook_point(tensor)
         for observer in observers:
-            observer.on_output(site, fired)
+            observer.on_output(site, fired, path)
         if fired is tensor:
             return None
         return replace_at(output, path, fired)

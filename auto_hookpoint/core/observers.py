@@ -11,6 +11,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from auto_hookpoint.core.structure import Path
+
 if TYPE_CHECKING:
     from auto_hookpoint.core.hook_core import HookCore
     from auto_hookpoint.core.sites import Site
@@ -19,8 +21,9 @@ if TYPE_CHECKING:
 class Observer:
     """Base class. Override the callbacks you need; each runs after the site's hooks."""
 
-    def on_output(self, site: Site, tensor: Any) -> None:
-        """``site`` fired with ``tensor`` (after any user hook replaced it)."""
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
+        """``site`` fired with ``tensor`` (after any user hook replaced it), found at ``path``
+        inside its module's output (``()``: the output is the tensor; parameters: ``()``)."""
 
     def on_no_tensor(self, site: Site, output: Any) -> None:
         """``site``'s module ran, but its output held no tensor, so the site did not fire."""

@@ -16,6 +16,7 @@ from transformer_lens.utilities import Slice
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import UnknownHookNameError
 
 # TransformerLens' rule: these activations keep positions third from last.
@@ -58,7 +59,7 @@ class CacheObserver(Observer):
         unwrapped = Slice.unwrap(pos_slice)
         self.pos_slice = None if unwrapped.slice is None else unwrapped
 
-    def on_output(self, site: Site, tensor: Any) -> None:
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         stored = tensor.detach()
         if self.device is not None:
             stored = stored.to(self.device)

@@ -1,0 +1,86 @@
+"""Split exit: stop a forward right after a chosen site fires and return what was banked.
+
+The exit is an observer of the hook core: it banks the sites it watches and, once the
+split site has fired, raises :class:`SplitExit`. The exception unwinds the model's
+forward (the core's always-called hooks put any lent parameter back on the way) and is
+caught by :func:`run_until`, which returns an :class:`EarlyOutput`. Nothing after the
+split site is computed, and the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import Path
+from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
+from auto_hookpoint.split.early_output import EarlyOutput, model_fingerprint
+
+
+class SplitExit(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by the core, after the split site fired, to end the forward early.
+
+    An ``Exception`` (not a ``BaseException``) so that torch's always-called forward hooks
+    run while it unwinds the forward.
+    """
+
+    def __init__(self, observer: SplitObserver):
+        super().__init__(f"split exit after {observer.site!r}")
+        self.observer = observer
+
+
+class SplitObserver(Observer):
+    def __init__(self, site: str, bank: Iterable[str] = ()):
+        self.site = site
+        self.watched = [site, *[b for b in bank if b != site]]
+        self.activations: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []
+        self.split_path: Path = ()
+
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
+        self.activations[site.name] = tensor.detach()
+        self.order.append(site.name)
+        if site.name == self.site:
+            self.split_path = path
+            raise SplitExit(self)
+
+
+def run_until(
+    model: Any, site: str, *args: Any, bank: Iterable[str] = (), **kwargs: Any
+) -> EarlyOutput:
+    """Run ``model(*args, **kwargs)`` only until ``site`` has fired.
+
+    ``bank`` names further sites to keep (those that fire before the split). Raises
+    UnknownHookNameError for a name that is not a site, SiteNeverFiredError if the
+    forward ends without ``site`` firing.
+    """
+    from auto_hookpoint.hooked import _core
+
+    core = _core(model)
+    observer = SplitObserver(site, bank)
+    for name in observer.watched:
+        if name not in core.sites:
+            raise UnknownHookNameError(name, core.sites)
+    try:
+        with core.observing(observer, observer.watched):
+            model(*args, **kwargs)
+    except SplitExit as stop:
+        if stop.observer is not observer:  # an enclosing run_until's exit: not ours
+            raise
+        return EarlyOutput(
+            site,
+            observer.activations,
+            observer.order,
+            type(model).__name__,
+            model_fingerprint(model),
+            output_path=list(observer.split_path),
+        )
+    raise SiteNeverFiredError(
+        f"the forward ended without {site!r} firing (sites that did fire, of those watched: "
+        f"{observer.order or 'none'}); its module is not called for these inputs, or its "
+        "output holds no tensor. describe_sites(model, ...) lists which sites fire."
+    )
