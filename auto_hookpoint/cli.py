@@ -1,9 +1,12 @@
-"""The ``auto-hookpoint`` command.
+"""The ``auto-hookpoint`` command. Nothing is downloaded.
 
-``auto-hookpoint [MODEL_DIR] [--text TEXT]`` hooks a model (by default a small Llama
-built from its config, with a tokenizer trained offline; or a local HuggingFace model
-folder), prints the table of its hook sites and a short run_with_cache /
-run_with_hooks demonstration. Nothing is downloaded.
+``auto-hookpoint [sites] [MODEL_DIR] [--text TEXT]`` hooks a model (by default a small
+Llama built from its config, with a tokenizer trained offline; or a local HuggingFace
+model folder), prints the table of its hook sites and a short run_with_cache /
+run_with_hooks demonstration.
+
+``auto-hookpoint split [MODEL_DIR] [--layer K]`` runs a causal LM up to block K, saves
+the activation, finishes the forward in a second process and checks the logits.
 """
 
 from __future__ import annotations
@@ -21,21 +24,42 @@ from torch import nn
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
 
+COMMANDS = ("sites", "split")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="auto-hookpoint",
-        description="Hook a model with TransformerLens HookPoints and show its hook sites.",
+        description="TransformerLens hooks on any model. With no command: `sites`.",
     )
-    parser.add_argument(
-        "model_dir",
-        nargs="?",
-        type=Path,
-        help="a local HuggingFace model folder (default: a small Llama built from a config)",
+    commands = parser.add_subparsers(dest="command")
+    sites = commands.add_parser("sites", help="hook a model and print its hook sites")
+    split = commands.add_parser(
+        "split", help="split a causal LM after block K and finish it in another process"
     )
-    parser.add_argument("--text", default=DEFAULT_TEXT, help="input text for the demonstration")
+    split.add_argument("--layer", type=int, default=1, help="the block to split after")
+    for sub in (sites, split):
+        sub.add_argument(
+            "model_dir",
+            nargs="?",
+            type=Path,
+            help="a local HuggingFace model folder (default: a small Llama built from a config)",
+        )
+        sub.add_argument("--text", default=DEFAULT_TEXT, help="input text")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "sites")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    if args.model_dir is not None and not (args.model_dir / "config.json").is_file():
+        sys.exit(
+            f"auto-hookpoint: {args.model_dir} is not a HuggingFace model folder (no config.json)"
+        )
+    if args.command == "split":
+        from auto_hookpoint.split.demo import split_and_finish_elsewhere
+
+        return 0 if split_and_finish_elsewhere(args.model_dir, args.text, args.layer) else 1
     from auto_hookpoint import auto_hook
     from auto_hookpoint.site_report import SiteStatus, describe_sites, format_site_table
 
@@ -59,8 +83,6 @@ def _load(model_dir: Path | None) -> tuple[nn.Module, Any, str]:
         return demo_model(), demo_tokenizer(), "demo LlamaForCausalLM (random weights)"
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    if not (model_dir / "config.json").is_file():
-        sys.exit(f"auto-hookpoint: {model_dir} is not a HuggingFace model folder (no config.json)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     auto_class = AutoModelForCausalLM if causal else AutoModel

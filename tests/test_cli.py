@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hf_models import minilm_path
@@ -47,3 +48,24 @@ def test_console_script_runs_offline() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "hook sites" in done.stdout
+
+
+def test_split_command_finishes_in_a_second_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", "--layer", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "split after 'model.layers.0.hook_point'" in out
+    assert "bit-identical to the un-split forward" in out
+
+
+def test_split_command_on_a_local_model_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from auto_hookpoint.demo import demo_model, demo_tokenizer
+
+    demo_model(num_layers=3).save_pretrained(tmp_path)
+    demo_tokenizer().save_pretrained(tmp_path)
+    assert main(["split", str(tmp_path), "--layer", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"LlamaForCausalLM from {tmp_path}" in out and "bit-identical" in out
+    assert main([str(tmp_path)]) == 0  # and the sites table on the same folder
+    assert "model.layers.2.mlp.hook_point" in capsys.readouterr().out

@@ -8,9 +8,11 @@ dtypes, so that loading into the wrong model is refused before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +46,23 @@ class EarlyOutput:
     activations: dict[str, torch.Tensor]
     order: list[str]
     model_class: str
-    fingerprint: str
     # Where the split tensor sat in its module's output: [] when the output was the
     # tensor itself, [0] for the first item of a tuple, ...
     output_path: list[int | str] = field(default_factory=list)
+    # Loaded from a file: the fingerprint saved in it. Fresh from run_until: computed
+    # from the source model when first needed (saving, or resuming on another model);
+    # hashing the state dict on every split would cost more than a small forward.
+    saved_fingerprint: str | None = field(default=None, repr=False)
+    source: weakref.ReferenceType[nn.Module] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self.saved_fingerprint is None:
+            model = self.source() if self.source is not None else None
+            if model is None:
+                raise EarlyOutputError("the model this EarlyOutput came from no longer exists")
+            self.saved_fingerprint = model_fingerprint(model)
+        return self.saved_fingerprint
 
     @property
     def activation(self) -> torch.Tensor:
@@ -57,10 +72,7 @@ class EarlyOutput:
     def to(self, *args: Any, **kwargs: Any) -> EarlyOutput:
         """A copy with every activation moved/cast as ``Tensor.to`` would."""
         moved = {k: v.to(*args, **kwargs) for k, v in self.activations.items()}
-        return EarlyOutput(
-            self.site, moved, list(self.order), self.model_class, self.fingerprint,
-            list(self.output_path),
-        )  # fmt: skip
+        return dataclasses.replace(self, activations=moved, order=list(self.order))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         tensors = {name: t.detach().contiguous().clone() for name, t in self.activations.items()}
@@ -94,8 +106,8 @@ class EarlyOutput:
             site, order = metadata["site"], json.loads(metadata["order"])
             shapes, dtypes = json.loads(metadata["shapes"]), json.loads(metadata["dtypes"])
             early = cls(
-                site, tensors, order, metadata["model_class"], metadata["fingerprint"],
-                json.loads(metadata["output_path"]),
+                site, tensors, order, metadata["model_class"],
+                json.loads(metadata["output_path"]), metadata["fingerprint"],
             )  # fmt: skip
         except (KeyError, json.JSONDecodeError) as error:
             raise EarlyOutputError(f"{path} has damaged EarlyOutput metadata: {error}") from error
@@ -113,6 +125,8 @@ class EarlyOutput:
 
     def check_belongs_to(self, model: nn.Module) -> None:
         """Raise EarlyOutputError unless this was banked from a model of the same shape."""
+        if self.source is not None and self.source() is model:
+            return
         expected = model_fingerprint(model)
         if self.fingerprint != expected:
             raise EarlyOutputError(

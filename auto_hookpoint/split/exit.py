@@ -9,6 +9,7 @@ split site is computed, and the model is left exactly as it was.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
-from auto_hookpoint.split.early_output import EarlyOutput, model_fingerprint
+from auto_hookpoint.split.early_output import EarlyOutput
 
 
 class SplitExit(Exception):  # noqa: N818 - control flow, not an error
@@ -76,8 +77,8 @@ def run_until(
             observer.activations,
             observer.order,
             type(model).__name__,
-            model_fingerprint(model),
             output_path=list(observer.split_path),
+            source=weakref.ref(model),
         )
     raise SiteNeverFiredError(
         f"the forward ended without {site!r} firing (sites that did fire, of those watched: "
