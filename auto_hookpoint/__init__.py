@@ -5,6 +5,7 @@
 >>> logits, cache = model.run_with_cache(x, names_filter="layers.0.hook_point")
 """
 
+from auto_hookpoint.adapter import HookedTransformerAdapter
 from auto_hookpoint.check import AutoHookCheckError, AutoHookReport, check_auto_hook
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import AutoHookError, HookFunctionError, UnknownHookNameError
@@ -16,6 +17,7 @@ __all__ = [
     "AutoHookReport",
     "HookFunctionError",
     "HookedModule",
+    "HookedTransformerAdapter",
     "Site",
     "SiteKind",
     "UnknownHookNameError",

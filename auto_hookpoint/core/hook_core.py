@@ -2,9 +2,10 @@
 
 Per module it keeps at most one torch hook of each kind:
 
-* a forward hook that fires the module's OUTPUT site (and its observers);
-* a forward pre-hook that, for PARAMETER sites, shows each parameter to its HookPoint
-  and lends the module whatever the hook returns for the duration of the call;
+* a forward hook that fires the module's OUTPUT sites (its own, then any aliases);
+* a forward pre-hook that fires its INPUT sites and, for PARAMETER sites, shows each
+  parameter to its HookPoint and lends the module whatever the hook returns for the
+  duration of the call;
 * an always-called forward hook that gives the module its real parameters back, also
   when the forward raises.
 
@@ -26,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
 from auto_hookpoint.core.sites import Site, SiteKind, discover_sites
-from auto_hookpoint.core.structure import find_primary, get_at, replace_at
+from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
 
 
 class _ModuleHooks:
@@ -35,47 +36,71 @@ class _ModuleHooks:
     def __init__(self, core: HookCore, module: nn.Module):
         self.core = core
         self.module = module
-        self.output_site: Site | None = None
+        self.output_sites: list[Site] = []
+        self.input_sites: list[Site] = []
         self.param_sites: list[Site] = []
         self.observer_counts: dict[str, int] = {}
         self.output_handle: RemovableHandle | None = None
-        self.param_handles: tuple[RemovableHandle, RemovableHandle] | None = None
+        self.pre_handle: RemovableHandle | None = None
+        self.return_handle: RemovableHandle | None = None
         # Real parameters stashed while the module runs with hooked ones; a stack,
         # because a module may be called again from inside its own forward.
         self.lent: list[dict[str, Any]] = []
 
-    def sites(self) -> list[Site]:
-        return ([self.output_site] if self.output_site else []) + self.param_sites
+    def add(self, site: Site) -> None:
+        if site.kind is SiteKind.PARAMETER:
+            self.param_sites.append(site)
+        elif site.kind is SiteKind.INPUT:
+            self.input_sites.append(site)
+        else:  # OUTPUT, or a model's own HookPoint (whose hooks fire natively)
+            self.output_sites.append(site)
 
     def is_active(self, site: Site) -> bool:
         hook_point = site.hook_point
-        held = hook_point.has_torch_hooks() if isinstance(hook_point, SiteHookPoint) else False
+        held = isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks()
         return held or self.observer_counts.get(site.name, 0) > 0
 
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
     def fire_output(self, _module: nn.Module, _args: Any, output: Any) -> Any:
-        site = self.output_site
-        assert site is not None
         path = find_primary(output)
-        observers = self.core.observers_of(site)
         if path is None:
-            for observer in observers:
-                observer.on_no_tensor(site, output)
+            for site in self.output_sites:
+                for observer in self.core.observers_of(site):
+                    observer.on_no_tensor(site, output)
             return None
         tensor = get_at(output, path)
-        fired = tensor
-        hook_point = site.hook_point
-        # A model's own HookPoint ran its hooks itself; only ours are called from here.
-        if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
-            fired = hook_point(tensor)
-        for observer in observers:
-            observer.on_output(site, fired, path)
-        if fired is tensor:
-            return None
-        return replace_at(output, path, fired)
+        fired = self._fire(self.output_sites, tensor, path)
+        return None if fired is tensor else replace_at(output, path, fired)
 
-    def lend_params(self, _module: nn.Module, _args: Any) -> None:
+    def before_forward(
+        self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        replaced = None
+        if self.input_sites:
+            inputs = (args, kwargs)
+            path = find_primary(inputs)
+            if path is not None:
+                tensor = get_at(inputs, path)
+                fired = self._fire(self.input_sites, tensor, path[1:])
+                if fired is not tensor:
+                    replaced = replace_at(inputs, path, fired)
+        if self.param_sites:
+            self._lend_params()
+        return replaced
+
+    def _fire(self, sites: list[Site], tensor: Any, path: Path) -> Any:
+        """Pass ``tensor`` through each site's HookPoint in turn, then its observers."""
+        for site in sites:
+            hook_point = site.hook_point
+            # A model's own HookPoint ran its hooks itself; only ours are called here.
+            if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
+                tensor = hook_point(tensor)
+            for observer in self.core.observers_of(site):
+                observer.on_output(site, tensor, path)
+        return tensor
+
+    def _lend_params(self) -> None:
         parameters = self.module._parameters
         real: dict[str, Any] = {}
         for site in self.param_sites:
@@ -84,12 +109,7 @@ class _ModuleHooks:
             param = parameters[name]
             if param is None:
                 continue
-            shown = param
-            hook_point = site.hook_point
-            if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
-                shown = hook_point(param)
-            for observer in self.core.observers_of(site):
-                observer.on_output(site, shown)
+            shown = self._fire([site], param, ())
             if shown is not param:
                 real[name] = param
                 # The module reads self.<name> through Module.__getattr__, which looks
@@ -108,30 +128,45 @@ class HookCore:
 
     def __init__(self, root: nn.Module):
         self._lock = threading.RLock()
-        self.sites: dict[str, Site] = {
-            site.name: site
-            for site in discover_sites(root, lambda name: SiteHookPoint(name, self._changed))
-        }
+        self.root = root
+        self.sites: dict[str, Site] = {}
         # Site HookPoints that hold hooks, in the order they gained them: what
         # reset_hooks() has to visit.
         self.hooked: dict[str, SiteHookPoint] = {}
-        by_module: dict[int, _ModuleHooks] = {}
         self._site_modules: dict[str, _ModuleHooks] = {}
-        for site in self.sites.values():
-            hooks = by_module.get(id(site.module)) or _ModuleHooks(self, site.module)
-            by_module[id(site.module)] = hooks
-            self._site_modules[site.name] = hooks
-            if site.kind is SiteKind.OUTPUT:
-                hooks.output_site = site
-            elif site.kind is SiteKind.PARAMETER:
-                hooks.param_sites.append(site)
-            # HOOK_POINT sites are HookPoint modules in the forward; the output hook of
-            # their _ModuleHooks serves only observers, their own hooks fire natively.
-            else:
-                hooks.output_site = site
+        by_module: dict[int, _ModuleHooks] = {}
+        for site in discover_sites(root, self._new_hook_point):
+            self._register(site, by_module)
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
         ]
+
+    def _new_hook_point(self, name: str) -> SiteHookPoint:
+        return SiteHookPoint(name, self._changed)
+
+    def _register(self, site: Site, by_module: dict[int, _ModuleHooks]) -> None:
+        if site.name in self.sites:
+            raise ValueError(f"there is already a site named {site.name!r}")
+        hooks = by_module.get(id(site.module))
+        if hooks is None:
+            hooks = by_module[id(site.module)] = _ModuleHooks(self, site.module)
+        hooks.add(site)
+        self.sites[site.name] = site
+        self._site_modules[site.name] = hooks
+
+    def add_site(self, name: str, module_path: str, kind: SiteKind) -> Site:
+        """Add an OUTPUT or INPUT site named ``name`` on the module at ``module_path``.
+
+        An OUTPUT site on a module that already has one is an alias: it fires after the
+        module's own site, with what that site passed on. Returns the new site.
+        """
+        if kind not in (SiteKind.OUTPUT, SiteKind.INPUT):
+            raise ValueError(f"add_site adds OUTPUT or INPUT sites, not {kind}")
+        module = self.root.get_submodule(module_path)
+        site = Site(name, kind, module, module_path, hook_point=self._new_hook_point(name))
+        with self._lock:
+            self._register(site, {id(h.module): h for h in self._all_module_hooks()})
+        return site
 
     def _all_module_hooks(self) -> list[_ModuleHooks]:
         return list({id(h): h for h in self._site_modules.values()}.values())
@@ -158,27 +193,30 @@ class HookCore:
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
         with self._lock:
-            output = hooks.output_site
-            want_output = output is not None and hooks.is_active(output)
-            want_params = any(hooks.is_active(site) for site in hooks.param_sites)
+            want_output = any(hooks.is_active(s) for s in hooks.output_sites)
+            want_params = any(hooks.is_active(s) for s in hooks.param_sites)
+            want_pre = want_params or any(hooks.is_active(s) for s in hooks.input_sites)
             module = hooks.module
             if want_output and hooks.output_handle is None:
                 hooks.output_handle = module.register_forward_hook(hooks.fire_output)
             elif not want_output and hooks.output_handle is not None:
                 hooks.output_handle.remove()
                 hooks.output_handle = None
-            if want_params and hooks.param_handles is None:
-                hooks.param_handles = (
-                    module.register_forward_pre_hook(hooks.lend_params),
-                    # prepend: the real parameters are back before any output hook runs.
-                    module.register_forward_hook(
-                        hooks.return_params, prepend=True, always_call=True
-                    ),
+            if want_pre and hooks.pre_handle is None:
+                hooks.pre_handle = module.register_forward_pre_hook(
+                    hooks.before_forward, with_kwargs=True
                 )
-            elif not want_params and hooks.param_handles is not None:
-                for handle in hooks.param_handles:
-                    handle.remove()
-                hooks.param_handles = None
+            elif not want_pre and hooks.pre_handle is not None:
+                hooks.pre_handle.remove()
+                hooks.pre_handle = None
+            if want_params and hooks.return_handle is None:
+                # prepend: the real parameters are back before any output hook runs.
+                hooks.return_handle = module.register_forward_hook(
+                    hooks.return_params, prepend=True, always_call=True
+                )
+            elif not want_params and hooks.return_handle is not None:
+                hooks.return_handle.remove()
+                hooks.return_handle = None
 
     @contextlib.contextmanager
     def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
@@ -213,7 +251,9 @@ class HookCore:
         """How many torch hooks the core has on the model right now (0 when idle)."""
         with self._lock:
             return sum(
-                (h.output_handle is not None) + 2 * (h.param_handles is not None)
+                (h.output_handle is not None)
+                + (h.pre_handle is not None)
+                + (h.return_handle is not None)
                 for h in self._all_module_hooks()
             )
 

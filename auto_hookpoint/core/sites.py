@@ -35,6 +35,8 @@ class SiteKind(enum.Enum):
     """A parameter, as its owning module is about to compute with it."""
     HOOK_POINT = "hook_point"
     """A ``HookPoint`` the model's author placed in the forward themselves."""
+    INPUT = "input"
+    """The primary tensor of a module's input (positional, then keyword arguments)."""
 
 
 @dataclass(eq=False)
