@@ -7,6 +7,10 @@ run_with_hooks demonstration.
 
 ``auto-hookpoint split [MODEL_DIR] [--layer K]`` runs a causal LM up to block K, saves
 the activation, finishes the forward in a second process and checks the logits.
+
+``auto-hookpoint train-sae [MODEL_DIR] [--hook NAME] [--steps N] [--out DIR]`` trains a
+sparse autoencoder with sae_lens' own runner through the HookedTransformerAdapter and
+saves it in sae_lens' format.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
 
-COMMANDS = ("sites", "split")
+COMMANDS = ("sites", "split", "train-sae")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split", help="split a causal LM after block K and finish it in another process"
     )
     split.add_argument("--layer", type=int, default=1, help="the block to split after")
-    for sub in (sites, split):
+    train = commands.add_parser("train-sae", help="train an SAE with sae_lens on a causal LM")
+    train.add_argument("--hook", default="blocks.1.hook_resid_post", help="the hook to train on")
+    train.add_argument("--steps", type=int, default=400, help="training steps")
+    train.add_argument("--out", type=Path, default=Path("sae_out"), help="where to save the SAE")
+    for sub in (sites, split, train):
         sub.add_argument(
             "model_dir",
             nargs="?",
@@ -56,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(
             f"auto-hookpoint: {args.model_dir} is not a HuggingFace model folder (no config.json)"
         )
+    if args.command == "train-sae":
+        return _train_sae(args)
     if args.command == "split":
         from auto_hookpoint.split.demo import split_and_finish_elsewhere
 
@@ -73,6 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_site_table(records))
     print()
     _demonstrate(hooked, inputs, [r.name for r in records if r.status is SiteStatus.FIRED])
+    return 0
+
+
+def _train_sae(args: argparse.Namespace) -> int:
+    from auto_hookpoint.adapter import HookedTransformerAdapter
+    from auto_hookpoint.adapter.train_sae import summary, train_sae
+    from auto_hookpoint.demo import demo_model, demo_tokenizer
+
+    if args.model_dir is None:
+        adapter = HookedTransformerAdapter(demo_model(num_layers=4), demo_tokenizer())
+    else:
+        adapter = HookedTransformerAdapter.from_pretrained(args.model_dir)
+    if args.hook not in adapter.hook_dict:
+        adapter.hook_dict[args.hook]  # raises, naming the closest hooks
+    model_name = adapter.cfg.original_architecture
+    print(f"training an SAE on {args.hook!r} of {model_name} for {args.steps} steps")
+    _, metrics = train_sae(adapter, args.hook, args.out, steps=args.steps)
+    print(f"saved in sae_lens' format to {args.out}/: {sorted(p.name for p in args.out.iterdir())}")
+    print(summary(metrics))
     return 0
 
 

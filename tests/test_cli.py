@@ -69,3 +69,19 @@ def test_split_command_on_a_local_model_folder(
     assert f"LlamaForCausalLM from {tmp_path}" in out and "bit-identical" in out
     assert main([str(tmp_path)]) == 0  # and the sites table on the same folder
     assert "model.layers.2.mlp.hook_point" in capsys.readouterr().out
+
+
+def test_train_sae_command_trains_and_saves_in_sae_lens_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sae"
+    assert main(["train-sae", "--steps", "150", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    variance = float(printed.split("explained variance ")[1].split(",")[0])
+    assert variance > 0.5
+
+
+def test_train_sae_command_names_the_closest_hooks_for_a_wrong_one() -> None:
+    with pytest.raises(KeyError, match="blocks.1.hook_resid_post"):
+        main(["train-sae", "--hook", "blocks.1.hook_resid_pst", "--steps", "1"])
