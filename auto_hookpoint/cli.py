@@ -11,6 +11,9 @@ the activation, finishes the forward in a second process and checks the logits.
 ``auto-hookpoint train-sae [MODEL_DIR] [--hook NAME] [--steps N] [--out DIR]`` trains a
 sparse autoencoder with sae_lens' own runner through the HookedTransformerAdapter and
 saves it in sae_lens' format.
+
+``auto-hookpoint trace|memory|nonfinite [MODEL_DIR]`` run the observers: a Chrome trace
+of a generation, a memory table and bar chart, the first module producing a NaN/Inf.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
 
-COMMANDS = ("sites", "split", "train-sae")
+COMMANDS = ("sites", "split", "train-sae", "trace", "memory", "nonfinite")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--hook", default="blocks.1.hook_resid_post", help="the hook to train on")
     train.add_argument("--steps", type=int, default=400, help="training steps")
     train.add_argument("--out", type=Path, default=Path("sae_out"), help="where to save the SAE")
-    for sub in (sites, split, train):
+    tracing = commands.add_parser("trace", help="trace a generation, write a Chrome trace")
+    tracing.add_argument("--out", type=Path, default=Path("trace.json"), help="trace file")
+    memory = commands.add_parser("memory", help="memory per module, and a bar chart")
+    memory.add_argument("--out", type=Path, default=Path("memory.png"), help="chart file")
+    nonfinite = commands.add_parser("nonfinite", help="find the first module producing NaN/Inf")
+    nonfinite.add_argument("--poison", help="set one weight of this module to NaN first")
+    for sub in (sites, split, train, tracing, memory, nonfinite):
         sub.add_argument(
             "model_dir",
             nargs="?",
@@ -66,6 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "train-sae":
         return _train_sae(args)
+    if args.command in ("trace", "memory", "nonfinite"):
+        from auto_hookpoint.observers import demo
+
+        if args.command == "trace":
+            demo.run_trace(args.model_dir, args.text, args.out)
+        elif args.command == "memory":
+            demo.run_memory(args.model_dir, args.text, args.out)
+        else:
+            demo.run_nonfinite(args.model_dir, args.text, args.poison)
+        return 0
     if args.command == "split":
         from auto_hookpoint.split.demo import split_and_finish_elsewhere
 

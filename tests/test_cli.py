@@ -85,3 +85,16 @@ def test_train_sae_command_trains_and_saves_in_sae_lens_format(
 def test_train_sae_command_names_the_closest_hooks_for_a_wrong_one() -> None:
     with pytest.raises(KeyError, match="blocks.1.hook_resid_post"):
         main(["train-sae", "--hook", "blocks.1.hook_resid_pst", "--steps", "1"])
+
+
+def test_observer_commands_write_their_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trace", "--out", str(tmp_path / "t.json")]) == 0
+    assert "traceEvents" in (tmp_path / "t.json").read_text()
+    assert main(["memory", "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["nonfinite", "--poison", "model.layers.0.mlp.up_proj"]) == 0
+    out = capsys.readouterr().out
+    assert "module calls over generate" in out and "peak resident" in out
+    assert "first forward producer: model.layers.0.mlp.up_proj (Linear, call 1)" in out

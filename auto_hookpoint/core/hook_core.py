@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer
+from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
 from auto_hookpoint.core.sites import Site, SiteKind, discover_sites
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
@@ -40,6 +40,7 @@ class _ModuleHooks:
         self.input_sites: list[Site] = []
         self.param_sites: list[Site] = []
         self.observer_counts: dict[str, int] = {}
+        self.enter_watchers = 0  # observers of its output sites that want on_enter
         self.output_handle: RemovableHandle | None = None
         self.pre_handle: RemovableHandle | None = None
         self.return_handle: RemovableHandle | None = None
@@ -68,15 +69,25 @@ class _ModuleHooks:
             for site in self.output_sites:
                 for observer in self.core.observers_of(site):
                     observer.on_no_tensor(site, output)
-            return None
-        tensor = get_at(output, path)
-        fired = self._fire(self.output_sites, tensor, path)
-        return None if fired is tensor else replace_at(output, path, fired)
+            replaced = None
+        else:
+            tensor = get_at(output, path)
+            fired = self._fire(self.output_sites, tensor, path)
+            replaced = None if fired is tensor else replace_at(output, path, fired)
+        final = output if replaced is None else replaced
+        for site in self.output_sites:
+            for observer in self.core.observers_of(site):
+                observer.on_exit(site, final)
+        return replaced
 
     def before_forward(
         self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         replaced = None
+        if self.enter_watchers:
+            for site in self.output_sites:
+                for observer in self.core.observers_of(site):
+                    observer.on_enter(site, args, kwargs)
         if self.input_sites:
             inputs = (args, kwargs)
             path = find_primary(inputs)
@@ -195,7 +206,11 @@ class HookCore:
         with self._lock:
             want_output = any(hooks.is_active(s) for s in hooks.output_sites)
             want_params = any(hooks.is_active(s) for s in hooks.param_sites)
-            want_pre = want_params or any(hooks.is_active(s) for s in hooks.input_sites)
+            want_pre = (
+                want_params
+                or hooks.enter_watchers > 0
+                or any(hooks.is_active(s) for s in hooks.input_sites)
+            )
             module = hooks.module
             if want_output and hooks.output_handle is None:
                 hooks.output_handle = module.register_forward_hook(hooks.fire_output)
@@ -226,14 +241,15 @@ class HookCore:
         if unknown:
             raise KeyError(f"not hook sites of this model: {sorted(unknown)[:5]}")
         token = ACTIVE_OBSERVERS.set((*ACTIVE_OBSERVERS.get(), (self, observer, watched)))
-        self._count_observer(watched, +1)
+        enter = wants_enter(observer)
+        self._count_observer(watched, +1, enter)
         try:
             yield
         finally:
-            self._count_observer(watched, -1)
+            self._count_observer(watched, -1, enter)
             ACTIVE_OBSERVERS.reset(token)
 
-    def _count_observer(self, names: frozenset[str], step: int) -> None:
+    def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
         with self._lock:
             touched: dict[int, _ModuleHooks] = {}
             for name in names:
@@ -244,6 +260,9 @@ class HookCore:
                 else:
                     hooks.observer_counts.pop(name, None)
                 touched[id(hooks)] = hooks
+            if enter:  # once per module, however many of its sites are watched
+                for hooks in touched.values():
+                    hooks.enter_watchers += step
             for hooks in touched.values():
                 self._refresh(hooks)
 
@@ -269,6 +288,7 @@ class HookCore:
                     site.hook_point._backward_hooks.clear()
             for hooks in self._all_module_hooks():
                 hooks.observer_counts.clear()
+                hooks.enter_watchers = 0
                 self._refresh(hooks)
 
     def observers_of(self, site: Site) -> list[Observer]:

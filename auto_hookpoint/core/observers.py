@@ -19,7 +19,16 @@ if TYPE_CHECKING:
 
 
 class Observer:
-    """Base class. Override the callbacks you need; each runs after the site's hooks."""
+    """Base class. Override the callbacks you need.
+
+    For a module's OUTPUT sites the order of events is ``on_enter`` (before the module
+    runs; the core places a pre-hook for it only if the observer overrides it), then
+    ``on_output`` (after the site's hooks) or ``on_no_tensor``, then ``on_exit``. A
+    module that raises gets no ``on_exit``.
+    """
+
+    def on_enter(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """``site``'s module is about to run with these arguments."""
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         """``site`` fired with ``tensor`` (after any user hook replaced it), found at ``path``
@@ -27,6 +36,13 @@ class Observer:
 
     def on_no_tensor(self, site: Site, output: Any) -> None:
         """``site``'s module ran, but its output held no tensor, so the site did not fire."""
+
+    def on_exit(self, site: Site, output: Any) -> None:
+        """``site``'s module has returned ``output`` (with any hook's replacement in it)."""
+
+
+def wants_enter(observer: Observer) -> bool:
+    return type(observer).on_enter is not Observer.on_enter
 
 
 # Each entry: (the core it watches, the observer, the names of the sites it watches).

@@ -34,6 +34,20 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+# Hashing the state dict costs more than a small forward, so each model's fingerprint
+# is kept, and computed again when its parameters change dtype or device (.to(...)).
+_FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def cached_fingerprint(model: nn.Module) -> str:
+    first = next(model.parameters(), None)
+    key = (first.dtype, first.device) if first is not None else None
+    cached = _FINGERPRINTS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _FINGERPRINTS[model] = (key, model_fingerprint(model))
+    return cached[1]
+
+
 @dataclass
 class EarlyOutput:
     """The banked activations of a forward that ``run_until`` stopped after ``site``.
@@ -49,20 +63,10 @@ class EarlyOutput:
     # Where the split tensor sat in its module's output: [] when the output was the
     # tensor itself, [0] for the first item of a tuple, ...
     output_path: list[int | str] = field(default_factory=list)
-    # Loaded from a file: the fingerprint saved in it. Fresh from run_until: computed
-    # from the source model when first needed (saving, or resuming on another model);
-    # hashing the state dict on every split would cost more than a small forward.
-    saved_fingerprint: str | None = field(default=None, repr=False)
+    fingerprint: str = ""  # of the model it was banked from (model_fingerprint)
+    # The model it was banked from, while it lives: resuming on that very model skips
+    # the fingerprint comparison.
     source: weakref.ReferenceType[nn.Module] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def fingerprint(self) -> str:
-        if self.saved_fingerprint is None:
-            model = self.source() if self.source is not None else None
-            if model is None:
-                raise EarlyOutputError("the model this EarlyOutput came from no longer exists")
-            self.saved_fingerprint = model_fingerprint(model)
-        return self.saved_fingerprint
 
     @property
     def activation(self) -> torch.Tensor:
@@ -127,7 +131,7 @@ class EarlyOutput:
         """Raise EarlyOutputError unless this was banked from a model of the same shape."""
         if self.source is not None and self.source() is model:
             return
-        expected = model_fingerprint(model)
+        expected = cached_fingerprint(model)
         if self.fingerprint != expected:
             raise EarlyOutputError(
                 f"this EarlyOutput was banked from a {self.model_class} with fingerprint "

@@ -19,7 +19,7 @@ from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
-from auto_hookpoint.split.early_output import EarlyOutput
+from auto_hookpoint.split.early_output import EarlyOutput, cached_fingerprint
 
 
 class SplitExit(Exception):  # noqa: N818 - control flow, not an error
@@ -78,6 +78,7 @@ def run_until(
             observer.order,
             type(model).__name__,
             output_path=list(observer.split_path),
+            fingerprint=cached_fingerprint(model),
             source=weakref.ref(model),
         )
     raise SiteNeverFiredError(

@@ -1,0 +1,74 @@
+"""Helpers shared by the observers: which sites to watch, and tensors in structures."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.sites import SiteKind
+
+
+def module_sites(
+    model: nn.Module, names: Iterable[str] | Callable[[str], bool] | None
+) -> list[str]:
+    """The module-output sites to watch: all of them, a list, or those a predicate picks."""
+    from auto_hookpoint.hooked import HookedModule, _core
+
+    if not isinstance(model, HookedModule):
+        raise TypeError("observers take a model returned by auto_hook(...); call auto_hook first")
+    sites = [
+        name
+        for name, site in _core(model).sites.items()
+        if site.kind in (SiteKind.OUTPUT, SiteKind.HOOK_POINT) and site.name == _own_name(site)
+    ]
+    if names is None:
+        return sites
+    if callable(names):
+        return [n for n in sites if names(n)]
+    wanted = list(names)
+    for name in wanted:
+        if name not in sites:
+            from auto_hookpoint.errors import UnknownHookNameError
+
+            raise UnknownHookNameError(name, sites)
+    return wanted
+
+
+def _own_name(site: Any) -> str:
+    # A module's own site, not an alias added on top of it (adapter names).
+    from auto_hookpoint.core.sites import site_name
+
+    return site.name if site.kind is SiteKind.HOOK_POINT else site_name(site.module_path)
+
+
+@contextlib.contextmanager
+def observing(model: nn.Module, observer: Observer, names: list[str]) -> Iterator[None]:
+    from auto_hookpoint.hooked import _core
+
+    with _core(model).observing(observer, names):
+        yield
+
+
+def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a structure, with its path ('' for the value itself, '[0]', '.logits')."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from tensors_with_paths(item, f"{path}.{key}")
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from tensors_with_paths(item, f"{path}[{index}]")
+
+
+def describe(values: Any) -> list[str]:
+    """'float32[2, 8, 64]' for each tensor in a structure."""
+    return [
+        f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+        for _, t in tensors_with_paths(values)
+    ]
