@@ -31,7 +31,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
-from auto_hookpoint.observers.cache import CacheObserver, NamesFilter, resolve_names_filter
+from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
 from auto_hookpoint.split.resume import resume_from
@@ -131,14 +131,18 @@ class HookedModule:
                 pos_slice=pos_slice,
                 **model_kwargs,
             )
-        observer = CacheObserver(device, remove_batch_dim, pos_slice)
         try:
-            with core.observing(observer, names):
-                output = self(*model_args, **model_kwargs)  # type: ignore[operator]
+            return cached_forward(
+                core,
+                names,
+                lambda: self(*model_args, **model_kwargs),  # type: ignore[operator]
+                device,
+                remove_batch_dim,
+                pos_slice,
+            )
         finally:
             if clear_contexts:
                 self.clear_contexts()  # type: ignore[attr-defined]
-        return output, observer.cache
 
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""

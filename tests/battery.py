@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from auto_hookpoint import auto_hook
-from auto_hookpoint.core.structure import find_primary, get_at
+from auto_hookpoint.core.structure import find_primary, get_at, tensors_with_paths
 from auto_hookpoint.site_report import SiteStatus, describe_sites
 
 
@@ -21,13 +21,7 @@ def primary(output: Any) -> torch.Tensor:
 
 
 def tensors_in(output: Any) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, Mapping):
-        return [t for v in output.values() for t in tensors_in(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in tensors_in(v)]
-    return []
+    return [tensor for _, tensor in tensors_with_paths(output)]
 
 
 def assert_bit_identical(expected: Any, got: Any) -> None:

@@ -184,8 +184,9 @@ def test_a_nan_during_generation_is_traced_to_its_module() -> None:
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     ids = ARCHS["llama"].inputs(batch=1)["input_ids"]
-    with pytest.raises(NonFiniteError, match="model.layers.1.mlp.down_proj"), find_nonfinite(
-        model, raise_on_first=True
+    with (
+        pytest.raises(NonFiniteError, match="model.layers.1.mlp.down_proj"),
+        find_nonfinite(model, raise_on_first=True),
     ):
         model.generate(ids, max_new_tokens=3, do_sample=False)
     assert torch_hook_count(model) == 0

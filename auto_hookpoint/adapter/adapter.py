@@ -34,7 +34,7 @@ from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
 from auto_hookpoint.core.sites import SiteKind, site_name
 from auto_hookpoint.hooked import HookedModule, _core, auto_hook
-from auto_hookpoint.observers.cache import CacheObserver, NamesFilter, resolve_names_filter
+from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.split.exit import run_until
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -224,12 +224,18 @@ class HookedTransformerAdapter(HookedRootModule):
                 **model_kwargs,
             )
         else:
-            observer = CacheObserver(device, remove_batch_dim, pos_slice)
-            with core.observing(observer, names):
-                out = self(*model_args, **model_kwargs)
-            cache = observer.cache
-            if clear_contexts:
-                self.clear_contexts()
+            try:
+                out, cache = cached_forward(
+                    core,
+                    names,
+                    lambda: self(*model_args, **model_kwargs),
+                    device,
+                    remove_batch_dim,
+                    pos_slice,
+                )
+            finally:
+                if clear_contexts:
+                    self.clear_contexts()
         if return_cache_object:
             from transformer_lens import ActivationCache
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
 from auto_hookpoint.core.sites import Site, SiteKind
-from auto_hookpoint.core.structure import find_primary
+from auto_hookpoint.core.structure import find_primary, tensors_with_paths
 from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
 
 
@@ -119,13 +119,7 @@ def make_subject(
 
 def tensors_in(output: Any) -> list[torch.Tensor]:
     """Every tensor in an output structure, depth first."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, Mapping):
-        return [t for v in output.values() for t in tensors_in(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in tensors_in(v)]
-    return []
+    return [tensor for _, tensor in tensors_with_paths(output)]
 
 
 def output_sites(sites: Mapping[str, Site]) -> list[Site]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -40,6 +40,19 @@ def find_primary(output: Any) -> Path | None:
         if sub is not None:
             return (key, *sub)
     return None
+
+
+def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a structure, depth first, with a readable path ('' for the value
+    itself, then '[0]' for sequence items and '.key' for mapping values)."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from tensors_with_paths(item, f"{path}.{key}")
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from tensors_with_paths(item, f"{path}[{index}]")
 
 
 def get_at(output: Any, path: Path) -> Any:

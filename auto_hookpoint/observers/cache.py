@@ -70,3 +70,19 @@ class CacheObserver(Observer):
             if stored.dim() >= -pos_dim:
                 stored = self.pos_slice.apply(stored, dim=pos_dim)
         self.cache[site.name] = stored
+
+
+def cached_forward(
+    core: Any,
+    names: list[str],
+    call: Callable[[], Any],
+    device: torch.device | str | None = None,
+    remove_batch_dim: bool = False,
+    pos_slice: Any = None,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``call()`` with a CacheObserver on ``names`` of the hook ``core``:
+    the body of run_with_cache when no backward caching or kept hooks are asked for."""
+    observer = CacheObserver(device, remove_batch_dim, pos_slice)
+    with core.observing(observer, names):
+        output = call()
+    return output, observer.cache

@@ -6,11 +6,11 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import SiteKind
+from auto_hookpoint.core.structure import tensors_with_paths
 
 
 def module_sites(
@@ -52,18 +52,6 @@ def observing(model: nn.Module, observer: Observer, names: list[str]) -> Iterato
 
     with _core(model).observing(observer, names):
         yield
-
-
-def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in a structure, with its path ('' for the value itself, '[0]', '.logits')."""
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from tensors_with_paths(item, f"{path}.{key}")
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            yield from tensors_with_paths(item, f"{path}[{index}]")
 
 
 def describe(values: Any) -> list[str]:

@@ -25,7 +25,8 @@ from torch import nn
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
-from auto_hookpoint.observers.common import module_sites, observing, tensors_with_paths
+from auto_hookpoint.core.structure import tensors_with_paths
+from auto_hookpoint.observers.common import module_sites, observing
 
 
 @dataclass

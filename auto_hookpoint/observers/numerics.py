@@ -27,8 +27,9 @@ from torch import nn
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import tensors_with_paths
 from auto_hookpoint.errors import AutoHookError
-from auto_hookpoint.observers.common import module_sites, observing, tensors_with_paths
+from auto_hookpoint.observers.common import module_sites, observing
 
 
 class NonFiniteError(AutoHookError, FloatingPointError):
