@@ -32,6 +32,7 @@ from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
 from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.scoped_hooks import scoped_hooks
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
 from auto_hookpoint.split.resume import resume_from
@@ -94,8 +95,19 @@ class HookedModule:
                 "WARNING: Hooks will be reset at the end of run_with_hooks. This removes "
                 "the backward hooks before a backward pass can occur."
             )
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):  # type: ignore[attr-defined]
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
+
+    def hooks(
+        self,
+        fwd_hooks: Any = (),
+        bwd_hooks: Any = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Any:
+        """TransformerLens' ``hooks()`` context manager, with hooks that belong to the
+        thread or task that added them; see :mod:`auto_hookpoint.scoped_hooks`."""
+        return scoped_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
     def run_with_cache(
         self,
