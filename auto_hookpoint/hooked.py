@@ -191,8 +191,10 @@ class HookedModule:
         TransformerLens-style ``__init__`` that calls ``self.setup()`` still works.)
         """
         if _CORE in self.__dict__:
+            hooked_class, inputs = type(self), _core(self).inputs
             _detach(self)  # type: ignore[arg-type]
-            _attach(self, HookCore(self))  # type: ignore[arg-type]
+            self.__class__ = hooked_class  # _detach restored the original class
+            _attach(self, HookCore(self, inputs))  # type: ignore[arg-type]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,16 +205,23 @@ class HookedModule:
 
 
 @overload
-def auto_hook(target: type[M]) -> type[M]: ...
+def auto_hook(target: type[M], *, inputs: bool = False) -> type[M]: ...
 @overload
-def auto_hook(target: M) -> M: ...
-def auto_hook(target: Any) -> Any:
+def auto_hook(target: M, *, inputs: bool = False) -> M: ...
+@overload
+def auto_hook(target: None = None, *, inputs: bool = False) -> Callable[[Any], Any]: ...
+def auto_hook(target: Any = None, *, inputs: bool = False) -> Any:
     """Hook every submodule output and direct parameter of a model (or of a class's
     instances) with TransformerLens HookPoints.
 
-    Returns the same object (an instance) or a subclass standing in for the class.
-    Applying it to something already hooked warns and returns it unchanged.
+    With ``inputs=True`` each module's input (the first tensor among its positional,
+    then keyword arguments) is a site too, ``<module path>.hook_in``; a hook there may
+    replace it. Returns the same object (an instance) or a subclass standing in for the
+    class; ``@auto_hook(inputs=True)`` works as a decorator. Applying it to something
+    already hooked warns and returns it unchanged.
     """
+    if target is None:
+        return functools.partial(auto_hook, inputs=inputs)
     if isinstance(target, type):
         if not issubclass(target, nn.Module):
             raise TypeError(
@@ -222,7 +231,7 @@ def auto_hook(target: Any) -> Any:
         if issubclass(target, HookedModule):
             warnings.warn(f"{target.__qualname__} is already auto_hooked", stacklevel=2)
             return target
-        return _decorated_class(target)
+        return _decorated_class(target, inputs)
     if isinstance(target, HookedModule):
         warnings.warn(f"this {type(target).__name__} is already auto_hooked", stacklevel=2)
         return target
@@ -231,7 +240,7 @@ def auto_hook(target: Any) -> Any:
             f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
             f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
         )
-    core = HookCore(target)  # may raise; nothing on the model has changed yet
+    core = HookCore(target, inputs)  # may raise; nothing on the model has changed yet
     original = type(target)
     target.__class__ = _instance_class(original)
     try:
@@ -335,12 +344,12 @@ def _instance_class(original: type[nn.Module]) -> type[Any]:
     return composed
 
 
-def _decorated_class(original: type[M]) -> type[M]:
+def _decorated_class(original: type[M], inputs: bool = False) -> type[M]:
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         super(hooked, self).__init__(*args, **kwargs)
 
     functools.update_wrapper(init, original.__init__)
-    hooked = _compose(original, {"__init__": _attach_after(init)})
+    hooked = _compose(original, {"__init__": _attach_after(init), "__auto_hook_inputs__": inputs})
     return hooked
 
 
@@ -359,7 +368,7 @@ def _attach_after(init: Callable[..., None]) -> Callable[..., None]:
             else:
                 self.__dict__.pop(_INIT_DEPTH, None)
         if not depth:
-            _attach(self, HookCore(self))
+            _attach(self, HookCore(self, getattr(type(self), "__auto_hook_inputs__", False)))
 
     __init__._auto_hook_attaches = True  # type: ignore[attr-defined]
     return __init__

@@ -271,6 +271,10 @@ def test_setup_finds_sites_of_modules_added_later() -> None:
     assert "extra.hook_point" not in model.hook_dict
     model.setup()
     assert "extra.hook_point" in model.hook_dict
+    assert isinstance(model, HookedModule) and isinstance(model, Nested)
+    _, cache = model.run_with_cache(torch.randn(2, 8), names_filter="extra.hook_point")
+    assert set(cache) == set()  # `extra` is not called by Nested.forward
+    assert type(model.unwrap()) is Nested
 
 
 def test_transformer_lens_warnings_stay_quiet_on_normal_use() -> None:
@@ -278,3 +282,42 @@ def test_transformer_lens_warnings_stay_quiet_on_normal_use() -> None:
         warnings.simplefilter("error")
         model = auto_hook(Nested())
         model.run_with_cache(torch.randn(2, 8))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * scale
+
+
+def test_input_sites_see_and_replace_each_modules_input() -> None:
+    torch.manual_seed(0)
+    model = auto_hook(TwoInputs(), inputs=True)
+    assert list(model.hook_dict) == ["hook_in", "hook_point", "lin.hook_in", "lin.hook_point"]
+    x, scale = torch.randn(2, 4), torch.full((2, 4), 3.0)
+    _, cache = model.run_with_cache(x, scale=scale, names_filter=["hook_in", "lin.hook_in"])
+    assert torch.equal(cache["hook_in"], x) and torch.equal(cache["lin.hook_in"], x)
+    out = model.run_with_hooks(x, scale=scale, fwd_hooks=[("lin.hook_in", lambda t, hook: t * 0)])
+    torch.testing.assert_close(out, model.lin.bias.expand(2, 4) * 3.0)
+    # keyword-only inputs: the first tensor among the keyword arguments
+    _, cache = model.run_with_cache(x=x, scale=scale, names_filter="hook_in")
+    assert torch.equal(cache["hook_in"], x)
+    assert torch_hook_count(model) == 0
+
+
+def test_input_sites_on_an_hf_model_and_as_a_decorator() -> None:
+    torch.manual_seed(0)
+    model = auto_hook(ARCHS["llama"].build().eval(), inputs=True)
+    _, cache = model.run_with_cache(
+        input_ids=IDS, names_filter=["model.layers.1.hook_in", "model.layers.0.hook_point"]
+    )
+    assert torch.equal(cache["model.layers.1.hook_in"], cache["model.layers.0.hook_point"])
+
+    @auto_hook(inputs=True)
+    class Decorated(TwoInputs):
+        pass
+
+    assert "lin.hook_in" in Decorated().hook_dict

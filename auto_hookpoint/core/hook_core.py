@@ -137,16 +137,17 @@ class _ModuleHooks:
 class HookCore:
     """Discovers the sites of ``root`` and fires them while they are active."""
 
-    def __init__(self, root: nn.Module):
+    def __init__(self, root: nn.Module, inputs: bool = False):
         self._lock = threading.RLock()
         self.root = root
+        self.inputs = inputs
         self.sites: dict[str, Site] = {}
         # Site HookPoints that hold hooks, in the order they gained them: what
         # reset_hooks() has to visit.
         self.hooked: dict[str, SiteHookPoint] = {}
         self._site_modules: dict[str, _ModuleHooks] = {}
         by_module: dict[int, _ModuleHooks] = {}
-        for site in discover_sites(root, self._new_hook_point):
+        for site in discover_sites(root, self._new_hook_point, inputs):
             self._register(site, by_module)
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT

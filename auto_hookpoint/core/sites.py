@@ -24,6 +24,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 HOOK_SUFFIX = "hook_point"
+INPUT_SUFFIX = "hook_in"
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
@@ -79,10 +80,14 @@ def has_output_site(module: nn.Module, path: str) -> bool:
     return not isinstance(module, _CONTAINERS)
 
 
-def discover_sites(root: nn.Module, make_hook_point: Callable[[str], HookPoint]) -> list[Site]:
+def discover_sites(
+    root: nn.Module, make_hook_point: Callable[[str], HookPoint], inputs: bool = False
+) -> list[Site]:
     """List every site of ``root`` in ``named_modules()`` order.
 
-    ``make_hook_point(name)`` creates the HookPoint of each OUTPUT and PARAMETER site.
+    ``make_hook_point(name)`` creates the HookPoint of each OUTPUT, INPUT and PARAMETER
+    site. With ``inputs=True`` every module with an output site also has an input site,
+    ``<module path>.hook_in`` (``hook_in`` for the root).
 
     Raises ValueError if two sites would share a name (for example a hand-placed
     HookPoint stored under the attribute name ``hook_point`` on the root).
@@ -94,6 +99,11 @@ def discover_sites(root: nn.Module, make_hook_point: Callable[[str], HookPoint])
                 sites.append(Site(path, SiteKind.HOOK_POINT, module, path, hook_point=module))
             continue
         if has_output_site(module, path):
+            if inputs:
+                name = f"{path}.{INPUT_SUFFIX}" if path else INPUT_SUFFIX
+                sites.append(
+                    Site(name, SiteKind.INPUT, module, path, hook_point=make_hook_point(name))
+                )
             name = site_name(path)
             sites.append(
                 Site(name, SiteKind.OUTPUT, module, path, hook_point=make_hook_point(name))

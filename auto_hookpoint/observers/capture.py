@@ -1,0 +1,117 @@
+"""capture: record chosen activations while any call of the model runs.
+
+    with capture(model, names="model.layers.*.mlp.hook_point", append=True) as acts:
+        model.generate(ids, max_new_tokens=5)
+    acts["model.layers.0.mlp.hook_point"]          # one tensor per forward call (a list)
+    acts.cat("model.layers.0.mlp.hook_point")      # joined along positions
+
+Names are exact site names, globs (``*``, ``?``, ``[...]``) or a predicate. Each
+activation is detached (unless ``detach=False``), optionally moved/cast with
+``device``/``dtype`` and cut to ``positions`` (an int, slice or list) along
+``pos_dim``. With ``append=True`` every call is kept (generation steps), else the last.
+Visible only to the thread or task that entered it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.sites import Site
+from auto_hookpoint.core.structure import Path
+from auto_hookpoint.errors import UnknownHookNameError
+
+Names = str | Sequence[str] | Callable[[str], bool]
+
+
+def select_sites(all_names: Sequence[str], names: Names) -> list[str]:
+    """Site names matching exact names, globs or a predicate; an exact name that is not
+    a site, or a glob that matches nothing, raises UnknownHookNameError."""
+    if callable(names):
+        return [n for n in all_names if names(n)]
+    chosen: list[str] = []
+    for pattern in [names] if isinstance(names, str) else list(names):
+        if any(ch in pattern for ch in "*?["):
+            matched = fnmatch.filter(all_names, pattern)
+        else:
+            matched = [pattern] if pattern in all_names else []
+        if not matched:
+            raise UnknownHookNameError(pattern, all_names)
+        chosen += [m for m in matched if m not in chosen]
+    return chosen
+
+
+class Captured(Observer, Mapping[str, Any]):
+    def __init__(
+        self,
+        detach: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        positions: int | slice | Sequence[int] | None = None,
+        pos_dim: int = 1,
+        append: bool = False,
+    ):
+        self.detach, self.device, self.dtype = detach, device, dtype
+        self.positions, self.pos_dim, self.append = positions, pos_dim, append
+        self._store: dict[str, Any] = {}
+
+    def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
+        if self.detach:
+            tensor = tensor.detach()
+        if self.device is not None or self.dtype is not None:
+            tensor = tensor.to(device=self.device, dtype=self.dtype)
+        if self.positions is not None and tensor.dim() > self.pos_dim:
+            index = self.positions
+            if isinstance(index, int):
+                index = slice(index, index + 1 if index != -1 else None)
+            if isinstance(index, slice):
+                tensor = tensor[(slice(None),) * self.pos_dim + (index,)]
+            else:
+                tensor = tensor.index_select(
+                    self.pos_dim, torch.as_tensor(index, device=tensor.device)
+                )
+        if self.append:
+            self._store.setdefault(site.name, []).append(tensor)
+        else:
+            self._store[site.name] = tensor
+
+    def cat(self, name: str, dim: int | None = None) -> torch.Tensor:
+        """The calls of an ``append=True`` capture joined along ``dim`` (``pos_dim``)."""
+        value = self._store[name]
+        return (
+            torch.cat(value, dim=self.pos_dim if dim is None else dim)
+            if isinstance(value, list)
+            else value
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._store:
+            raise KeyError(
+                f"{name!r} was not captured (it did not fire); captured: {list(self._store)}"
+            )
+        return self._store[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, names: Names, **options: Any) -> Iterator[Captured]:
+    """Record the activations of the sites ``names`` for every call in this context."""
+    from auto_hookpoint.hooked import HookedModule, _core
+
+    if not isinstance(model, HookedModule):
+        raise TypeError("capture takes a model returned by auto_hook(...); call auto_hook first")
+    core = _core(model)
+    captured = Captured(**options)
+    with core.observing(captured, select_sites(list(core.sites), names)):
+        yield captured
