@@ -57,7 +57,10 @@ class StepRecord:
     def __str__(self) -> str:
         kind = "prefill" if self.prefill else "decode"
         top = ", ".join(f"{t!r} {p:.2f}" for t, p in self.top_k)
-        return f"step {self.index} ({kind}, {self.positions} tokens): chose {self.chosen!r}; top: {top}; entropy {self.entropy:.3f}"
+        return (
+            f"step {self.index} ({kind}, {self.positions} tokens): chose {self.chosen!r}; "
+            f"top: {top}; entropy {self.entropy:.3f}"
+        )
 
 
 @dataclass
