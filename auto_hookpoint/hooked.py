@@ -48,10 +48,22 @@ _PLAIN_STATE = frozenset({"is_caching", "context_level"})
 
 
 class SiteDict(dict[str, HookPoint]):
-    """``hook_dict``/``mod_dict``: site name to HookPoint; a wrong name gets the closest ones."""
+    """``hook_dict``/``mod_dict``: site name to HookPoint; a wrong name gets the closest ones.
+
+    On a model hooked with ``leaves=True`` a leaf name (``<site>.<index or field>``) is
+    made into a site on first use.
+    """
+
+    core: HookCore | None = None
+    peers: tuple[SiteDict, ...] = ()  # hook_dict and mod_dict learn a new leaf together
 
     def __missing__(self, name: str) -> HookPoint:
-        raise UnknownHookNameError(name, self.keys())
+        site = self.core.leaf_site(name) if self.core is not None else None
+        if site is None:
+            raise UnknownHookNameError(name, self.keys())
+        for table in (self, *self.peers):
+            table[name] = site.hook_point
+        return site.hook_point
 
 
 class _Unwrap:
@@ -130,7 +142,7 @@ class HookedModule:
         raises ``UnknownHookNameError`` instead of caching nothing.
         """
         core = _core(self)
-        names = resolve_names_filter(names_filter, core.sites)
+        names = resolve_names_filter(names_filter, core.sites, leaf_resolver(self))
         if incl_bwd or not reset_hooks_end:
             return super().run_with_cache(  # type: ignore[misc, no-any-return]
                 *model_args,
@@ -191,10 +203,10 @@ class HookedModule:
         TransformerLens-style ``__init__`` that calls ``self.setup()`` still works.)
         """
         if _CORE in self.__dict__:
-            hooked_class, inputs = type(self), _core(self).inputs
+            hooked_class, core = type(self), _core(self)
             _detach(self)  # type: ignore[arg-type]
             self.__class__ = hooked_class  # _detach restored the original class
-            _attach(self, HookCore(self, inputs))  # type: ignore[arg-type]
+            _attach(self, HookCore(self, core.inputs, core.leaves))  # type: ignore[arg-type]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,23 +217,28 @@ class HookedModule:
 
 
 @overload
-def auto_hook(target: type[M], *, inputs: bool = False) -> type[M]: ...
+def auto_hook(target: type[M], *, inputs: bool = False, leaves: bool = False) -> type[M]: ...
 @overload
-def auto_hook(target: M, *, inputs: bool = False) -> M: ...
+def auto_hook(target: M, *, inputs: bool = False, leaves: bool = False) -> M: ...
 @overload
-def auto_hook(target: None = None, *, inputs: bool = False) -> Callable[[Any], Any]: ...
-def auto_hook(target: Any = None, *, inputs: bool = False) -> Any:
+def auto_hook(
+    target: None = None, *, inputs: bool = False, leaves: bool = False
+) -> Callable[[Any], Any]: ...
+def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False) -> Any:
     """Hook every submodule output and direct parameter of a model (or of a class's
     instances) with TransformerLens HookPoints.
 
     With ``inputs=True`` each module's input (the first tensor among its positional,
     then keyword arguments) is a site too, ``<module path>.hook_in``; a hook there may
-    replace it. Returns the same object (an instance) or a subclass standing in for the
-    class; ``@auto_hook(inputs=True)`` works as a decorator. Applying it to something
-    already hooked warns and returns it unchanged.
+    replace it. With ``leaves=True`` every tensor inside a structured output is a site
+    too, named ``<site>.<index or field>`` (``model.layers.0.self_attn.hook_point.1``,
+    the attention weights), made when first named: readable, editable, cacheable.
+    Returns the same object (an instance) or a subclass standing in for the class;
+    ``@auto_hook(inputs=True)`` works as a decorator. Applying it to something already
+    hooked warns and returns it unchanged.
     """
     if target is None:
-        return functools.partial(auto_hook, inputs=inputs)
+        return functools.partial(auto_hook, inputs=inputs, leaves=leaves)
     if isinstance(target, type):
         if not issubclass(target, nn.Module):
             raise TypeError(
@@ -231,7 +248,7 @@ def auto_hook(target: Any = None, *, inputs: bool = False) -> Any:
         if issubclass(target, HookedModule):
             warnings.warn(f"{target.__qualname__} is already auto_hooked", stacklevel=2)
             return target
-        return _decorated_class(target, inputs)
+        return _decorated_class(target, inputs, leaves)
     if isinstance(target, HookedModule):
         warnings.warn(f"this {type(target).__name__} is already auto_hooked", stacklevel=2)
         return target
@@ -240,7 +257,7 @@ def auto_hook(target: Any = None, *, inputs: bool = False) -> Any:
             f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
             f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
         )
-    core = HookCore(target, inputs)  # may raise; nothing on the model has changed yet
+    core = HookCore(target, inputs, leaves)  # may raise; nothing on the model has changed yet
     original = type(target)
     target.__class__ = _instance_class(original)
     try:
@@ -272,6 +289,20 @@ def _core(model: Any) -> HookCore:
     return model.__dict__[_CORE]  # type: ignore[no-any-return]
 
 
+def leaf_resolver(model: Any) -> Callable[[str], Any]:
+    """``name -> Site | None``: a leaf made on first use goes through ``hook_dict`` (so
+    hook_dict and mod_dict list it), whichever API named it first."""
+
+    def resolve(name: str) -> Any:
+        try:
+            model.hook_dict[name]
+        except UnknownHookNameError:
+            return None
+        return _core(model).sites[name]
+
+    return resolve
+
+
 def _attach(model: nn.Module, core: HookCore) -> None:
     state = model.__dict__
     saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
@@ -288,9 +319,12 @@ def _attach(model: nn.Module, core: HookCore) -> None:
         if site.kind is SiteKind.HOOK_POINT:
             site.hook_point.name = site.name
     hook_dict = SiteDict((name, site.hook_point) for name, site in core.sites.items())
+    mod_dict = SiteDict(hook_dict)
+    hook_dict.core = mod_dict.core = core
+    hook_dict.peers, mod_dict.peers = (mod_dict,), (hook_dict,)
     state.update(
         hook_dict=hook_dict,
-        mod_dict=SiteDict(hook_dict),
+        mod_dict=mod_dict,
         is_caching=False,
         context_level=0,
         **{_CORE: core},
@@ -344,12 +378,13 @@ def _instance_class(original: type[nn.Module]) -> type[Any]:
     return composed
 
 
-def _decorated_class(original: type[M], inputs: bool = False) -> type[M]:
+def _decorated_class(original: type[M], inputs: bool = False, leaves: bool = False) -> type[M]:
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         super(hooked, self).__init__(*args, **kwargs)
 
     functools.update_wrapper(init, original.__init__)
-    hooked = _compose(original, {"__init__": _attach_after(init), "__auto_hook_inputs__": inputs})
+    options = {"__init__": _attach_after(init), "__auto_hook_options__": (inputs, leaves)}
+    hooked = _compose(original, options)
     return hooked
 
 
@@ -368,7 +403,8 @@ def _attach_after(init: Callable[..., None]) -> Callable[..., None]:
             else:
                 self.__dict__.pop(_INIT_DEPTH, None)
         if not depth:
-            _attach(self, HookCore(self, getattr(type(self), "__auto_hook_inputs__", False)))
+            options = getattr(type(self), "__auto_hook_options__", (False, False))
+            _attach(self, HookCore(self, *options))
 
     __init__._auto_hook_attaches = True  # type: ignore[attr-defined]
     return __init__

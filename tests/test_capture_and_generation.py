@@ -139,3 +139,76 @@ def test_hooks_know_the_step_and_captures_across_steps_match_one_full_forward() 
     )
     assert "step 1 (decode, 1 tokens): chose" in str(gen.steps[1])
     assert torch_hook_count(model) == 0
+
+
+def eager_llama(leaves: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = ARCHS["llama"].build().eval()
+    model.config._attn_implementation = "eager"  # so attention weights are returned
+    return auto_hook(model, leaves=leaves)
+
+
+def test_leaf_sites_read_edit_and_cache_tensors_inside_structured_outputs() -> None:
+    model = eager_llama()
+    weights = "model.layers.0.self_attn.hook_point.1"  # (attn_output, attn_weights)[1]
+    out, cache = model.run_with_cache(input_ids=IDS, output_attentions=True, names_filter=[weights])
+    assert cache[weights].shape == (2, 4, 8, 8)
+    assert torch.equal(cache[weights], out.attentions[0])
+    assert weights in model.hook_dict and weights in model.mod_dict
+
+    # transformers collects out.attentions with a hook of its own that runs before
+    # ours, so an edit of this leaf shows in the module's output, not in out.attentions.
+    zero = [(weights, lambda t, hook: torch.zeros_like(t))]
+    with model.hooks(fwd_hooks=zero), capture(model, weights) as acts:
+        model(input_ids=IDS, output_attentions=True)
+    assert torch.equal(acts[weights], torch.zeros(2, 4, 8, 8))
+
+    with capture(model, [weights, "hook_point.logits"]) as acts:
+        model(input_ids=IDS, output_attentions=True)
+    assert torch.equal(acts["hook_point.logits"], out.logits)
+    # A leaf that is not in this call's output (past the end of the tuple) never fires.
+    with capture(model, "model.layers.0.self_attn.hook_point.5") as acts:
+        model(input_ids=IDS)
+    assert "model.layers.0.self_attn.hook_point.5" not in acts
+    # (output_attentions made transformers install capture hooks of its own; none is ours)
+    assert model._auto_hook_core.installed_hook_count() == 0
+
+
+def test_leaf_names_need_leaves_true() -> None:
+    model = eager_llama(leaves=False)
+    with pytest.raises(UnknownHookNameError, match="model.layers.0.self_attn.hook_point"):
+        model.run_with_cache(input_ids=IDS, names_filter=["model.layers.0.self_attn.hook_point.1"])
+    with pytest.raises(UnknownHookNameError):
+        eager_llama().hook_dict["model.layers.0.self_atn.hook_point.1"]  # no such output site
+
+
+class WithAux(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y = self.lin(x)
+        return y, {"scale": y.abs().mean(-1, keepdim=True)}
+
+
+class UsesAux(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = WithAux()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, aux = self.block(x)
+        return y * aux["scale"]
+
+
+def test_a_leaf_edit_reaches_the_code_that_uses_it() -> None:
+    torch.manual_seed(0)
+    model = auto_hook(UsesAux(), leaves=True)
+    x = torch.randn(3, 4)
+    _, cache = model.run_with_cache(x, names_filter=["block.hook_point.1.scale"])
+    assert cache["block.hook_point.1.scale"].shape == (3, 1)
+    out = model.run_with_hooks(
+        x, fwd_hooks=[("block.hook_point.1.scale", lambda t, hook: t * 0 + 2)]
+    )
+    torch.testing.assert_close(out, model.block.lin(x) * 2)

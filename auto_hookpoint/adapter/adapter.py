@@ -33,7 +33,7 @@ from auto_hookpoint.adapter.architectures import ArchitectureMapping, resolve_ma
 from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
 from auto_hookpoint.core.sites import SiteKind, site_name
-from auto_hookpoint.hooked import HookedModule, _core, auto_hook
+from auto_hookpoint.hooked import HookedModule, _core, auto_hook, leaf_resolver
 from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.split.exit import run_until
 
@@ -210,7 +210,7 @@ class HookedTransformerAdapter(HookedRootModule):
         ``return_cache_object=False``.
         """
         core = _core(self.model)
-        names = resolve_names_filter(names_filter, core.sites)
+        names = resolve_names_filter(names_filter, core.sites, leaf_resolver(self.model))
         if incl_bwd or not reset_hooks_end:
             out, cache = super().run_with_cache(
                 *model_args,

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -37,6 +38,7 @@ class _ModuleHooks:
         self.core = core
         self.module = module
         self.output_sites: list[Site] = []
+        self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
         self.param_sites: list[Site] = []
         self.observer_counts: dict[str, int] = {}
@@ -53,6 +55,8 @@ class _ModuleHooks:
             self.param_sites.append(site)
         elif site.kind is SiteKind.INPUT:
             self.input_sites.append(site)
+        elif site.kind is SiteKind.LEAF:
+            self.leaf_sites.append(site)
         else:  # OUTPUT, or a model's own HookPoint (whose hooks fire natively)
             self.output_sites.append(site)
 
@@ -75,6 +79,17 @@ class _ModuleHooks:
             fired = self._fire(self.output_sites, tensor, path)
             replaced = None if fired is tensor else replace_at(output, path, fired)
         final = output if replaced is None else replaced
+        for site in self.leaf_sites:
+            if not self.is_active(site):
+                continue
+            try:
+                leaf = get_at(final, site.leaf_path)
+            except (IndexError, KeyError, AttributeError, TypeError):
+                continue  # not in this call's output (e.g. attention weights not asked for)
+            if isinstance(leaf, torch.Tensor):
+                fired = self._fire([site], leaf, site.leaf_path)
+                if fired is not leaf:
+                    final = replaced = replace_at(final, site.leaf_path, fired)
         for site in self.output_sites:
             for observer in self.core.observers_of(site):
                 observer.on_exit(site, final)
@@ -137,10 +152,11 @@ class _ModuleHooks:
 class HookCore:
     """Discovers the sites of ``root`` and fires them while they are active."""
 
-    def __init__(self, root: nn.Module, inputs: bool = False):
+    def __init__(self, root: nn.Module, inputs: bool = False, leaves: bool = False):
         self._lock = threading.RLock()
         self.root = root
         self.inputs = inputs
+        self.leaves = leaves
         self.sites: dict[str, Site] = {}
         # Site HookPoints that hold hooks, in the order they gained them: what
         # reset_hooks() has to visit.
@@ -180,6 +196,26 @@ class HookCore:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
         return site
 
+    def leaf_site(self, name: str) -> Site | None:
+        """With ``leaves=True``: the site for ``<output site>.<index or field>...``, made on
+        first use (which tensors an output holds is known only when it runs). Else None."""
+        if not self.leaves or name in self.sites:
+            return self.sites.get(name)
+        head, marker, rest = name.partition(".hook_point.")
+        owner = self.sites.get(f"{head}.hook_point" if marker else "")
+        if not marker and name.startswith("hook_point."):  # the root's output
+            owner, rest = self.sites.get("hook_point"), name.removeprefix("hook_point.")
+        if owner is None or owner.kind is not SiteKind.OUTPUT or not rest:
+            return None
+        path = tuple(int(p) if p.isdigit() else p for p in rest.split("."))
+        site = Site(
+            name, SiteKind.LEAF, owner.module, owner.module_path,
+            hook_point=self._new_hook_point(name), leaf_path=path,
+        )  # fmt: skip
+        with self._lock:
+            self._register(site, {id(h.module): h for h in self._all_module_hooks()})
+        return site
+
     def _all_module_hooks(self) -> list[_ModuleHooks]:
         return list({id(h): h for h in self._site_modules.values()}.values())
 
@@ -205,7 +241,7 @@ class HookCore:
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
         with self._lock:
-            want_output = any(hooks.is_active(s) for s in hooks.output_sites)
+            want_output = any(hooks.is_active(s) for s in hooks.output_sites + hooks.leaf_sites)
             want_params = any(hooks.is_active(s) for s in hooks.param_sites)
             want_pre = (
                 want_params

@@ -38,6 +38,8 @@ class SiteKind(enum.Enum):
     """A ``HookPoint`` the model's author placed in the forward themselves."""
     INPUT = "input"
     """The primary tensor of a module's input (positional, then keyword arguments)."""
+    LEAF = "leaf"
+    """A tensor at a given path inside a module's structured output (``leaves=True``)."""
 
 
 @dataclass(eq=False)
@@ -56,6 +58,7 @@ class Site:
     module_path: str
     param_name: str | None = None
     hook_point: HookPoint = field(repr=False, kw_only=True)
+    leaf_path: tuple[int | str, ...] = field(default=(), kw_only=True)
 
     @property
     def module_type(self) -> str:

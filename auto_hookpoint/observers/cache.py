@@ -25,7 +25,11 @@ _HEAD_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 NamesFilter = Callable[[str], bool] | Sequence[str] | str | None
 
 
-def resolve_names_filter(names_filter: NamesFilter, sites: Mapping[str, Any]) -> list[str]:
+def resolve_names_filter(
+    names_filter: NamesFilter,
+    sites: Mapping[str, Any],
+    make_leaf: Callable[[str], Any] | None = None,
+) -> list[str]:
     """The site names (keys of ``sites``) that a TransformerLens ``names_filter`` selects.
 
     Unlike TransformerLens, a name given as a string (or in a list) that is not a site
@@ -38,7 +42,7 @@ def resolve_names_filter(names_filter: NamesFilter, sites: Mapping[str, Any]) ->
         names_filter = [names_filter]
     if isinstance(names_filter, Sequence):
         for name in names_filter:
-            if name not in sites:
+            if name not in sites and (make_leaf is None or make_leaf(name) is None):
                 raise UnknownHookNameError(name, sites)
         return list(dict.fromkeys(names_filter))
     if callable(names_filter):

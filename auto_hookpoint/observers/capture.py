@@ -30,7 +30,9 @@ from auto_hookpoint.errors import UnknownHookNameError
 Names = str | Sequence[str] | Callable[[str], bool]
 
 
-def select_sites(all_names: Sequence[str], names: Names) -> list[str]:
+def select_sites(
+    all_names: Sequence[str], names: Names, make_leaf: Callable[[str], Any] | None = None
+) -> list[str]:
     """Site names matching exact names, globs or a predicate; an exact name that is not
     a site, or a glob that matches nothing, raises UnknownHookNameError."""
     if callable(names):
@@ -39,8 +41,10 @@ def select_sites(all_names: Sequence[str], names: Names) -> list[str]:
     for pattern in [names] if isinstance(names, str) else list(names):
         if any(ch in pattern for ch in "*?["):
             matched = fnmatch.filter(all_names, pattern)
+        elif pattern in all_names or (make_leaf is not None and make_leaf(pattern) is not None):
+            matched = [pattern]
         else:
-            matched = [pattern] if pattern in all_names else []
+            matched = []
         if not matched:
             raise UnknownHookNameError(pattern, all_names)
         chosen += [m for m in matched if m not in chosen]
@@ -107,11 +111,11 @@ class Captured(Observer, Mapping[str, Any]):
 @contextlib.contextmanager
 def capture(model: nn.Module, names: Names, **options: Any) -> Iterator[Captured]:
     """Record the activations of the sites ``names`` for every call in this context."""
-    from auto_hookpoint.hooked import HookedModule, _core
+    from auto_hookpoint.hooked import HookedModule, _core, leaf_resolver
 
     if not isinstance(model, HookedModule):
         raise TypeError("capture takes a model returned by auto_hook(...); call auto_hook first")
     core = _core(model)
     captured = Captured(**options)
-    with core.observing(captured, select_sites(list(core.sites), names)):
+    with core.observing(captured, select_sites(list(core.sites), names, leaf_resolver(model))):
         yield captured
