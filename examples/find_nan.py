@@ -1,6 +1,6 @@
 """Where did the first NaN come from? Forward and backward.
 
-    .venv/bin/python examples/find_nan.py
+.venv/bin/python examples/find_nan.py
 """
 
 import torch

@@ -1,6 +1,6 @@
 """Where does the memory go? Bytes each module outputs, and the peak.
 
-    .venv/bin/python examples/memory_profile.py    # writes memory.png if matplotlib is installed
+.venv/bin/python examples/memory_profile.py    # writes memory.png if matplotlib is installed
 """
 
 import torch

@@ -1,6 +1,6 @@
 """Where does the time go? Trace a generation module by module.
 
-    .venv/bin/python examples/trace_a_model.py     # writes trace.json (Perfetto, chrome://tracing)
+.venv/bin/python examples/trace_a_model.py     # writes trace.json (Perfetto, chrome://tracing)
 """
 
 import torch

@@ -212,3 +212,14 @@ def test_a_leaf_edit_reaches_the_code_that_uses_it() -> None:
         x, fwd_hooks=[("block.hook_point.1.scale", lambda t, hook: t * 0 + 2)]
     )
     torch.testing.assert_close(out, model.block.lin(x) * 2)
+
+
+def test_globs_match_within_a_segment_with_star_and_across_with_double_star() -> None:
+    model = llama()
+    with capture(model, "model.layers.*.hook_point") as layers:
+        model(input_ids=IDS)
+    assert set(layers) == {"model.layers.0.hook_point", "model.layers.1.hook_point"}
+    with capture(model, "model.layers.[!0].**proj.hook_point") as projections:
+        model(input_ids=IDS)
+    assert len(projections) == 7  # q, k, v, o and gate, up, down of layer 1
+    assert all(name.startswith("model.layers.1.") for name in projections)

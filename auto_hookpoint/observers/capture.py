@@ -5,7 +5,9 @@
     acts["model.layers.0.mlp.hook_point"]          # one tensor per forward call (a list)
     acts.cat("model.layers.0.mlp.hook_point")      # joined along positions
 
-Names are exact site names, globs (``*``, ``?``, ``[...]``) or a predicate. Each
+Names are exact site names, globs or a predicate. In a glob ``*`` matches within one
+dotted segment (``model.layers.*.hook_point``: each layer's output) and ``**`` across
+segments (``model.layers.**.hook_point``: every site inside the layers). Each
 activation is detached (unless ``detach=False``), optionally moved/cast with
 ``device``/``dtype`` and cut to ``positions`` (an int, slice or list) along
 ``pos_dim``. With ``append=True`` every call is kept (generation steps), else the last.
@@ -15,7 +17,7 @@ Visible only to the thread or task that entered it.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,7 +42,8 @@ def select_sites(
     chosen: list[str] = []
     for pattern in [names] if isinstance(names, str) else list(names):
         if any(ch in pattern for ch in "*?["):
-            matched = fnmatch.filter(all_names, pattern)
+            regex = _glob_regex(pattern)
+            matched = [n for n in all_names if regex.fullmatch(n)]
         elif pattern in all_names or (make_leaf is not None and make_leaf(pattern) is not None):
             matched = [pattern]
         else:
@@ -49,6 +52,32 @@ def select_sites(
             raise UnknownHookNameError(pattern, all_names)
         chosen += [m for m in matched if m not in chosen]
     return chosen
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """``**`` any characters, ``*`` any but '.', ``?`` one but '.', ``[...]`` a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^.]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^.]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            members = pattern[i + 1 : end]
+            negate = members.startswith("!")
+            body = re.escape(members[1:] if negate else members).replace("\\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 class Captured(Observer, Mapping[str, Any]):
