@@ -32,7 +32,7 @@ from transformer_lens.utils import USE_DEFAULT_VALUE, lm_cross_entropy_loss
 from auto_hookpoint.adapter.architectures import ArchitectureMapping, resolve_mapping
 from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
-from auto_hookpoint.core.sites import SiteKind, site_name
+from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.hooked import HookedModule, _core, auto_hook, leaf_resolver
 from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.split.exit import run_until
@@ -341,6 +341,3 @@ def _load(path: str) -> tuple[nn.Module, Any]:
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path)
 
-
-def native_block_site(adapter: HookedTransformerAdapter, layer: int) -> str:
-    return site_name(f"{adapter.mapping.blocks}.{layer}")
