@@ -340,4 +340,3 @@ def _load(path: str) -> tuple[nn.Module, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path)
-

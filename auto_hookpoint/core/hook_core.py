@@ -68,15 +68,17 @@ class _ModuleHooks:
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
     def fire_output(self, _module: nn.Module, _args: Any, output: Any) -> Any:
+        # Which observers watch each output site, asked once per call.
+        watching = self._watching(self.output_sites)
         path = find_primary(output)
         if path is None:
-            for site in self.output_sites:
-                for observer in self.core.observers_of(site):
+            for site, observers in watching:
+                for observer in observers:
                     observer.on_no_tensor(site, output)
             replaced = None
         else:
             tensor = get_at(output, path)
-            fired = self._fire(self.output_sites, tensor, path)
+            fired = self._fire(watching, tensor, path)
             replaced = None if fired is tensor else replace_at(output, path, fired)
         final = output if replaced is None else replaced
         for site in self.leaf_sites:
@@ -87,11 +89,11 @@ class _ModuleHooks:
             except (IndexError, KeyError, AttributeError, TypeError):
                 continue  # not in this call's output (e.g. attention weights not asked for)
             if isinstance(leaf, torch.Tensor):
-                fired = self._fire([site], leaf, site.leaf_path)
+                fired = self._fire(self._watching([site]), leaf, site.leaf_path)
                 if fired is not leaf:
                     final = replaced = replace_at(final, site.leaf_path, fired)
-        for site in self.output_sites:
-            for observer in self.core.observers_of(site):
+        for site, observers in watching:
+            for observer in observers:
                 observer.on_exit(site, final)
         return replaced
 
@@ -100,29 +102,32 @@ class _ModuleHooks:
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         replaced = None
         if self.enter_watchers:
-            for site in self.output_sites:
-                for observer in self.core.observers_of(site):
+            for site, observers in self._watching(self.output_sites):
+                for observer in observers:
                     observer.on_enter(site, args, kwargs)
         if self.input_sites:
             inputs = (args, kwargs)
             path = find_primary(inputs)
             if path is not None:
                 tensor = get_at(inputs, path)
-                fired = self._fire(self.input_sites, tensor, path[1:])
+                fired = self._fire(self._watching(self.input_sites), tensor, path[1:])
                 if fired is not tensor:
                     replaced = replace_at(inputs, path, fired)
         if self.param_sites:
             self._lend_params()
         return replaced
 
-    def _fire(self, sites: list[Site], tensor: Any, path: Path) -> Any:
+    def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
+        return [(site, self.core.observers_of(site)) for site in sites]
+
+    def _fire(self, watching: list[tuple[Site, list[Observer]]], tensor: Any, path: Path) -> Any:
         """Pass ``tensor`` through each site's HookPoint in turn, then its observers."""
-        for site in sites:
+        for site, observers in watching:
             hook_point = site.hook_point
             # A model's own HookPoint ran its hooks itself; only ours are called here.
             if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
                 tensor = hook_point(tensor)
-            for observer in self.core.observers_of(site):
+            for observer in observers:
                 observer.on_output(site, tensor, path)
         return tensor
 
@@ -135,7 +140,7 @@ class _ModuleHooks:
             param = parameters[name]
             if param is None:
                 continue
-            shown = self._fire([site], param, ())
+            shown = self._fire(self._watching([site]), param, ())
             if shown is not param:
                 real[name] = param
                 # The module reads self.<name> through Module.__getattr__, which looks
