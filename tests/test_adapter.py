@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from hf_models import ADAPTER_FAMILIES, VOCAB
+from hf_models import ADAPTER_FAMILIES, VOCAB, _causal
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 from transformer_lens import ActivationCache, HookedRootModule
@@ -205,16 +205,7 @@ def test_missing_parts_are_named_with_how_to_fix() -> None:
 
 def test_an_unlisted_family_is_detected_from_the_model() -> None:
     torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(
-        tf.StableLmConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-        )
-    ).eval()
+    model = _causal(tf.StableLmConfig, num_hidden_layers=2, num_key_value_heads=4)().eval()
     adapter = HookedTransformerAdapter(model, None)
     assert adapter.mapping == ArchitectureMapping(
         "model.embed_tokens", "model.layers", "model.norm", "lm_head", "self_attn", "mlp"
