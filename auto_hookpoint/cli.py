@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train-sae":
         return _train_sae(args)
     if args.command in ("trace", "memory", "nonfinite"):
-        from auto_hookpoint.observers import demo
+        from auto_hookpoint.commands import observer_demo as demo
 
         if args.command == "trace":
             demo.run_trace(args.model_dir, args.text, args.out)
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo.run_nonfinite(args.model_dir, args.text, args.poison)
         return 0
     if args.command == "split":
-        from auto_hookpoint.split.demo import split_and_finish_elsewhere
+        from auto_hookpoint.commands.split_demo import split_and_finish_elsewhere
 
         return 0 if split_and_finish_elsewhere(args.model_dir, args.text, args.layer) else 1
     from auto_hookpoint import auto_hook

@@ -8,6 +8,8 @@ ship with CPython (``pydoc_data.topics``), so examples and the CLI show real tex
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -72,3 +74,16 @@ def demo_model(seed: int = 0, **config: int) -> LlamaForCausalLM:
     """A ``LlamaForCausalLM`` with seeded random weights, in eval mode."""
     torch.manual_seed(seed)
     return LlamaForCausalLM(demo_config(**config)).eval()
+
+
+def load_causal_lm(model_dir: Path | None) -> tuple[Any, Any, str]:
+    """(hooked model, tokenizer, label): the demo Llama, or a local HF causal LM folder."""
+    from auto_hookpoint.hooked import auto_hook
+
+    if model_dir is None:
+        return auto_hook(demo_model()), demo_tokenizer(), "demo LlamaForCausalLM"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return auto_hook(model), tokenizer, f"{type(model).__name__} from {model_dir}"

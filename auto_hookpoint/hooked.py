@@ -28,10 +28,11 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
+from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
-from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.scoped_hooks import scoped_hooks
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
@@ -39,7 +40,7 @@ from auto_hookpoint.split.resume import resume_from
 
 M = TypeVar("M", bound=nn.Module)
 
-_CORE = "_auto_hook_core"
+_CORE = CORE_ATTRIBUTE
 _SAVED = "_auto_hook_saved"
 _INIT_DEPTH = "_auto_hook_init_depth"
 # Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
@@ -51,18 +52,15 @@ class SiteDict(dict[str, HookPoint]):
     """``hook_dict``/``mod_dict``: site name to HookPoint; a wrong name gets the closest ones.
 
     On a model hooked with ``leaves=True`` a leaf name (``<site>.<index or field>``) is
-    made into a site on first use.
+    made into a site on first use (the core enters it in hook_dict and mod_dict alike).
     """
 
     core: HookCore | None = None
-    peers: tuple[SiteDict, ...] = ()  # hook_dict and mod_dict learn a new leaf together
 
     def __missing__(self, name: str) -> HookPoint:
         site = self.core.leaf_site(name) if self.core is not None else None
         if site is None:
             raise UnknownHookNameError(name, self.keys())
-        for table in (self, *self.peers):
-            table[name] = site.hook_point
         return site.hook_point
 
 
@@ -89,7 +87,7 @@ class HookedModule:
     @property
     def hook_sites(self) -> Mapping[str, Site]:
         """Every site by name, with its kind, module and module path (read-only)."""
-        return MappingProxyType(_core(self).sites)
+        return MappingProxyType(core_of(self).sites)
 
     def run_with_hooks(
         self,
@@ -141,8 +139,8 @@ class HookedModule:
         to the calling thread. A site name in ``names_filter`` that does not exist
         raises ``UnknownHookNameError`` instead of caching nothing.
         """
-        core = _core(self)
-        names = resolve_names_filter(names_filter, core.sites, leaf_resolver(self))
+        core = core_of(self)
+        names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
         if incl_bwd or not reset_hooks_end:
             return super().run_with_cache(  # type: ignore[misc, no-any-return]
                 *model_args,
@@ -184,7 +182,7 @@ class HookedModule:
     ) -> None:
         """TransformerLens' method, visiting only the sites that hold hooks (and the
         model's own HookPoints) rather than all of them: same result, O(hooked sites)."""
-        core = _core(self)
+        core = core_of(self)
         for hook_point in [*core.hooked.values(), *core.own_hook_points]:
             hook_point.remove_hooks(direction, including_permanent=including_permanent, level=level)
 
@@ -203,7 +201,7 @@ class HookedModule:
         TransformerLens-style ``__init__`` that calls ``self.setup()`` still works.)
         """
         if _CORE in self.__dict__:
-            hooked_class, core = type(self), _core(self)
+            hooked_class, core = type(self), core_of(self)
             _detach(self)  # type: ignore[arg-type]
             self.__class__ = hooked_class  # _detach restored the original class
             _attach(self, HookCore(self, core.inputs, core.leaves))  # type: ignore[arg-type]
@@ -285,24 +283,6 @@ def unwrap(model: M) -> M:
     return model
 
 
-def _core(model: Any) -> HookCore:
-    return model.__dict__[_CORE]  # type: ignore[no-any-return]
-
-
-def leaf_resolver(model: Any) -> Callable[[str], Any]:
-    """``name -> Site | None``: a leaf made on first use goes through ``hook_dict`` (so
-    hook_dict and mod_dict list it), whichever API named it first."""
-
-    def resolve(name: str) -> Any:
-        try:
-            model.hook_dict[name]
-        except UnknownHookNameError:
-            return None
-        return _core(model).sites[name]
-
-    return resolve
-
-
 def _attach(model: nn.Module, core: HookCore) -> None:
     state = model.__dict__
     saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
@@ -321,7 +301,7 @@ def _attach(model: nn.Module, core: HookCore) -> None:
     hook_dict = SiteDict((name, site.hook_point) for name, site in core.sites.items())
     mod_dict = SiteDict(hook_dict)
     hook_dict.core = mod_dict.core = core
-    hook_dict.peers, mod_dict.peers = (mod_dict,), (hook_dict,)
+    core.tables = (hook_dict, mod_dict)  # sites added later (leaves, aliases) go in both
     state.update(
         hook_dict=hook_dict,
         mod_dict=mod_dict,
@@ -338,6 +318,7 @@ def _detach(model: nn.Module) -> None:
     saved, hand_placed = state.pop(_SAVED, ({}, {}))
     if core is not None:
         core.close()
+        core.tables = ()
         for name, (old_name, kept) in hand_placed.items():
             hook_point = core.sites[name].hook_point
             for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
-from auto_hookpoint.hooked import HookedModule, _core
 
 
 class SiteStatus(enum.Enum):
@@ -59,9 +59,7 @@ class _Recorder(Observer):
 
 def describe_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[SiteRecord]:
     """Run ``model(*args, **kwargs)`` once (without gradients) and report every site."""
-    if not isinstance(model, HookedModule):
-        raise TypeError("describe_sites takes a model returned by auto_hook(...)")
-    core = _core(model)
+    core = core_of(model, "describe_sites")
     recorder = _Recorder()
     with core.observing(recorder, core.sites), torch.no_grad():
         model(*args, **kwargs)  # type: ignore[operator]

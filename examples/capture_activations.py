@@ -5,9 +5,8 @@
 
 import torch
 
-from auto_hookpoint import auto_hook
+from auto_hookpoint import auto_hook, capture
 from auto_hookpoint.demo import demo_model, demo_tokenizer
-from auto_hookpoint.observers.capture import capture
 
 model, tokenizer = auto_hook(demo_model(num_layers=4)), demo_tokenizer()
 inputs = tokenizer("The assert statement checks a condition.", return_tensors="pt")

@@ -5,9 +5,8 @@
 
 import torch
 
-from auto_hookpoint import auto_hook
+from auto_hookpoint import NonFiniteError, auto_hook, find_nonfinite
 from auto_hookpoint.demo import demo_model, demo_tokenizer
-from auto_hookpoint.observers.numerics import NonFiniteError, find_nonfinite
 
 model, tokenizer = auto_hook(demo_model(num_layers=4)), demo_tokenizer()
 with torch.no_grad():

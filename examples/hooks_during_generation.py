@@ -5,10 +5,8 @@
 
 import torch
 
-from auto_hookpoint import auto_hook
+from auto_hookpoint import auto_hook, capture, current_step, generation_trace
 from auto_hookpoint.demo import demo_model, demo_tokenizer
-from auto_hookpoint.observers.capture import capture
-from auto_hookpoint.observers.generation import current_step, generation_trace
 
 model, tokenizer = auto_hook(demo_model()), demo_tokenizer()
 ids = tokenizer("The del statement removes", return_tensors="pt")["input_ids"]

@@ -11,7 +11,7 @@ forward bit for bit.
 import sys
 from pathlib import Path
 
-from auto_hookpoint.split.demo import split_and_finish_elsewhere
+from auto_hookpoint.commands.split_demo import split_and_finish_elsewhere
 
 model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 same = split_and_finish_elsewhere(

@@ -1,18 +1,21 @@
 """Where does the time go? Trace a generation module by module.
 
-.venv/bin/python examples/trace_a_model.py     # writes trace.json (Perfetto, chrome://tracing)
+.venv/bin/python examples/trace_a_model.py     # writes a trace.json (Perfetto, chrome://tracing)
 """
+
+import tempfile
+from pathlib import Path
 
 import torch
 
-from auto_hookpoint import auto_hook
+from auto_hookpoint import auto_hook, trace
 from auto_hookpoint.demo import demo_model, demo_tokenizer
-from auto_hookpoint.observers.trace import trace
 
 model, tokenizer = auto_hook(demo_model()), demo_tokenizer()
 ids = tokenizer("The with statement wraps a block.", return_tensors="pt")["input_ids"]
 with torch.no_grad(), trace(model) as recorded:
     model.generate(ids, max_new_tokens=5, do_sample=False)
 print(recorded.table(10))
-recorded.save_chrome_trace("trace.json")
-print(f"{len(recorded.events)} module calls written to trace.json")
+out = Path(tempfile.mkdtemp(prefix="auto_hookpoint_")) / "trace.json"
+recorded.save_chrome_trace(out)
+print(f"{len(recorded.events)} module calls written to {out}")

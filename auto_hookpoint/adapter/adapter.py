@@ -32,9 +32,10 @@ from transformer_lens.utils import USE_DEFAULT_VALUE, lm_cross_entropy_loss
 from auto_hookpoint.adapter.architectures import ArchitectureMapping, resolve_mapping
 from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
+from auto_hookpoint.core.attached import core_of
+from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.core.sites import SiteKind
-from auto_hookpoint.hooked import HookedModule, _core, auto_hook, leaf_resolver
-from auto_hookpoint.observers.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.hooked import HookedModule, auto_hook
 from auto_hookpoint.split.exit import run_until
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -111,7 +112,7 @@ class HookedTransformerAdapter(HookedRootModule):
 
     # ---------------------------------------------------------------- names
     def _add_transformer_lens_names(self) -> None:
-        core, m = _core(self.model), self.mapping
+        core, m = core_of(self.model), self.mapping
         aliases: list[tuple[str, str, SiteKind]] = [("hook_embed", m.embed, SiteKind.OUTPUT)]
         if m.pos_embed:
             aliases.append(("hook_pos_embed", m.pos_embed, SiteKind.OUTPUT))
@@ -129,8 +130,7 @@ class HookedTransformerAdapter(HookedRootModule):
             aliases.append(("ln_final.hook_normalized", m.ln_final, SiteKind.OUTPUT))
         for name, path, kind in aliases:
             if name not in core.sites:  # an adapter made again on the same model
-                core.add_site(name, path, kind)
-                self.model.hook_dict[name] = self.model.mod_dict[name] = core.sites[name].hook_point
+                core.add_site(name, path, kind)  # the core enters it in hook_dict/mod_dict
 
     def setup(self) -> None:
         """hook_dict / mod_dict: the HF model's sites and the TransformerLens aliases."""
@@ -209,8 +209,8 @@ class HookedTransformerAdapter(HookedRootModule):
         Returns (output, ActivationCache) as HookedTransformer does, or a dict with
         ``return_cache_object=False``.
         """
-        core = _core(self.model)
-        names = resolve_names_filter(names_filter, core.sites, leaf_resolver(self.model))
+        core = core_of(self.model)
+        names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
         if incl_bwd or not reset_hooks_end:
             out, cache = super().run_with_cache(
                 *model_args,

@@ -12,10 +12,11 @@ import torch
 
 from auto_hookpoint.check.report import CheckResult, Status
 from auto_hookpoint.check.subject import Subject, Witness, tensors_in
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
-from auto_hookpoint.hooked import _core, auto_hook
+from auto_hookpoint.hooked import auto_hook
 from auto_hookpoint.site_report import SiteRecord, SiteStatus, describe_sites
 
 
@@ -70,7 +71,7 @@ def _reach(subject: Subject, base: Baseline) -> tuple[set[str], set[str]]:
     keep = _Keep()
     names = base.float_sites()
     with model.hooks(fwd_hooks=[(lambda n: n in set(names), lambda t, hook: t * 1)]):
-        with _core(model).observing(keep, names):
+        with core_of(model).observing(keep, names):
             output = subject.run(model, grad=True)
     if not keep.tensors:
         return set(), set()

@@ -163,6 +163,9 @@ class HookCore:
         self.inputs = inputs
         self.leaves = leaves
         self.sites: dict[str, Site] = {}
+        # Name -> HookPoint tables that learn of each site added after discovery (the
+        # hooked model's hook_dict and mod_dict); set by whoever attaches the core.
+        self.tables: tuple[dict[str, Any], ...] = ()
         # Site HookPoints that hold hooks, in the order they gained them: what
         # reset_hooks() has to visit.
         self.hooked: dict[str, SiteHookPoint] = {}
@@ -186,6 +189,8 @@ class HookCore:
         hooks.add(site)
         self.sites[site.name] = site
         self._site_modules[site.name] = hooks
+        for table in self.tables:
+            table[site.name] = site.hook_point
 
     def add_site(self, name: str, module_path: str, kind: SiteKind) -> Site:
         """Add an OUTPUT or INPUT site named ``name`` on the module at ``module_path``.

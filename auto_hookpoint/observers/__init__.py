@@ -1,5 +1,5 @@
-"""Observers built on the hook core: each watches sites while a forward runs."""
+"""Observers built on the hook core: each watches sites while a forward runs.
 
-from auto_hookpoint.observers.cache import CacheObserver, resolve_names_filter
-
-__all__ = ["CacheObserver", "resolve_names_filter"]
+Each file is one observer and imports only the core: ``capture``, ``trace``,
+``memory_profile``, ``find_nonfinite`` and ``generation_trace``/``current_step``.
+"""

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
@@ -140,11 +141,7 @@ class Captured(Observer, Mapping[str, Any]):
 @contextlib.contextmanager
 def capture(model: nn.Module, names: Names, **options: Any) -> Iterator[Captured]:
     """Record the activations of the sites ``names`` for every call in this context."""
-    from auto_hookpoint.hooked import HookedModule, _core, leaf_resolver
-
-    if not isinstance(model, HookedModule):
-        raise TypeError("capture takes a model returned by auto_hook(...); call auto_hook first")
-    core = _core(model)
+    core = core_of(model, "capture")
     captured = Captured(**options)
-    with core.observing(captured, select_sites(list(core.sites), names, leaf_resolver(model))):
+    with core.observing(captured, select_sites(list(core.sites), names, core.leaf_site)):
         yield captured

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.core.structure import tensors_with_paths
@@ -17,13 +18,9 @@ def module_sites(
     model: nn.Module, names: Iterable[str] | Callable[[str], bool] | None
 ) -> list[str]:
     """The module-output sites to watch: all of them, a list, or those a predicate picks."""
-    from auto_hookpoint.hooked import HookedModule, _core
-
-    if not isinstance(model, HookedModule):
-        raise TypeError("observers take a model returned by auto_hook(...); call auto_hook first")
     sites = [
         name
-        for name, site in _core(model).sites.items()
+        for name, site in core_of(model, "this observer").sites.items()
         if site.kind in (SiteKind.OUTPUT, SiteKind.HOOK_POINT) and site.name == _own_name(site)
     ]
     if names is None:
@@ -48,9 +45,7 @@ def _own_name(site: Any) -> str:
 
 @contextlib.contextmanager
 def observing(model: nn.Module, observer: Observer, names: list[str]) -> Iterator[None]:
-    from auto_hookpoint.hooked import _core
-
-    with _core(model).observing(observer, names):
+    with core_of(model, "this observer").observing(observer, names):
         yield
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site, site_name
 from auto_hookpoint.core.structure import Path
@@ -116,14 +117,11 @@ def generation_trace(
     """Trace the next-token choice of every forward call (generation step) in this context.
 
     Watches the root output (the logits: the first tensor of a causal LM's output)."""
-    from auto_hookpoint.hooked import HookedModule, _core
-
-    if not isinstance(model, HookedModule):
-        raise TypeError("generation_trace takes a model returned by auto_hook(...)")
+    core = core_of(model, "generation_trace")
     recorder = GenerationTrace(tokenizer, k)
     token = _STEP.set(None)
     try:
-        with _core(model).observing(recorder, [site_name("")]):
+        with core.observing(recorder, [site_name("")]):
             yield recorder
     finally:
         _STEP.reset(token)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
@@ -59,9 +60,7 @@ def run_until(
     UnknownHookNameError for a name that is not a site, SiteNeverFiredError if the
     forward ends without ``site`` firing.
     """
-    from auto_hookpoint.hooked import _core
-
-    core = _core(model)
+    core = core_of(model, "run_until")
     observer = SplitObserver(site, bank)
     for name in observer.watched:
         if name not in core.sites:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.errors import ResumeError, UnknownHookNameError
 from auto_hookpoint.split.early_output import EarlyOutput
@@ -33,9 +34,7 @@ def resume_from(
     model: Any, site: str, activation: torch.Tensor | EarlyOutput, *args: Any, **kwargs: Any
 ) -> Any:
     """Finish ``model(*args, **kwargs)`` from ``activation``, the output of block ``site``."""
-    from auto_hookpoint.hooked import _core
-
-    core = _core(model)
+    core = core_of(model, "resume_from")
     if isinstance(activation, EarlyOutput):
         activation.check_belongs_to(model)
         if activation.site != site:

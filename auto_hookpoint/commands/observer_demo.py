@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from auto_hookpoint.split.demo import load_causal_lm
+from auto_hookpoint.demo import load_causal_lm
 
 
 def _inputs(tokenizer: Any, text: str) -> dict[str, torch.Tensor]:

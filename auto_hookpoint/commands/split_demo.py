@@ -11,25 +11,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def load_causal_lm(model_dir: Path | None) -> tuple[Any, Any, str]:
-    """(hooked model, tokenizer, label): the demo Llama, or a local HF causal LM folder."""
-    from auto_hookpoint import auto_hook
-
-    if model_dir is None:
-        from auto_hookpoint.demo import demo_model, demo_tokenizer
-
-        return auto_hook(demo_model()), demo_tokenizer(), "demo LlamaForCausalLM"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    return auto_hook(model), tokenizer, f"{type(model).__name__} from {model_dir}"
+from auto_hookpoint.demo import load_causal_lm
 
 
 def split_and_finish_elsewhere(
@@ -51,7 +37,8 @@ def split_and_finish_elsewhere(
             f"{label}: split after {site!r}; banked {list(early.activation.shape)} -> {early_file}"
         )
         full = model(**inputs).logits
-    command = [sys.executable, "-m", "auto_hookpoint.split.demo", early_file, logits_file, text]
+    module = "auto_hookpoint.commands.split_demo"
+    command = [sys.executable, "-m", module, early_file, logits_file, text]
     if model_dir is not None:
         command.append(str(model_dir))
     subprocess.run([str(c) for c in command], check=True)
