@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Site": "auto_hookpoint.core.sites",
     "SiteKind": "auto_hookpoint.core.sites",
     "describe_sites": "auto_hookpoint.site_report",
+    "carry_context": "auto_hookpoint.core.context",
     # observers
     "capture": "auto_hookpoint.observers.capture",
     "trace": "auto_hookpoint.observers.trace",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         HookedTransformerConfig_From_AutoConfig,
     )
     from auto_hookpoint.check import AutoHookCheckError, AutoHookReport, check_auto_hook
+    from auto_hookpoint.core.context import carry_context
     from auto_hookpoint.core.sites import Site, SiteKind
     from auto_hookpoint.errors import (
         AutoHookError,

@@ -30,7 +30,9 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.context import enter_call, exit_call, watched_by_untraced_observer
 from auto_hookpoint.core.hook_core import HookCore
+from auto_hookpoint.core.observers import StopForward
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
 from auto_hookpoint.scoped_hooks import scoped_hooks
@@ -46,6 +48,14 @@ _INIT_DEPTH = "_auto_hook_init_depth"
 # Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
 _STATE = ("hook_dict", "mod_dict", "is_caching", "context_level", _CORE)
 _PLAIN_STATE = frozenset({"is_caching", "context_level"})
+
+
+_not_traced = torch.compiler.disable(recursive=False)
+
+
+@torch.compiler.disable
+def _run_eagerly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return call(*args, **kwargs)
 
 
 class SiteDict(dict[str, HookPoint]):
@@ -84,11 +94,34 @@ class HookedModule:
     mod_dict: SiteDict
     unwrap = _Unwrap()
 
+    # The frames of these methods are never traced by dynamo (torch.compiler.disable,
+    # not recursive): they do context bookkeeping that dynamo cannot trace, and what they
+    # call (the model's forward) is compiled as usual. __call__ begins every call of the
+    # model, however it is compiled, so the copy of the caller's context that the core's
+    # dispatch reads in compiled code is always taken here, eagerly; see core/context.py.
+    #
+    # While an observer whose callbacks cannot be traced (trace, memory_profile,
+    # find_nonfinite, generation_trace) watches the model, the call runs eagerly: dynamo
+    # off in this thread, and the model's own compiled call (model.compile()) bypassed.
+    @_not_traced
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        enclosing = enter_call()
+        try:
+            if watched_by_untraced_observer(self.__dict__[_CORE]):
+                return _run_eagerly(self._call_impl, *args, **kwargs)  # type: ignore[attr-defined]
+            output = super().__call__(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            exit_call(enclosing)
+        if isinstance(output, StopForward):  # caught in compiled code by the forward
+            raise output
+        return output
+
     @property
     def hook_sites(self) -> Mapping[str, Site]:
         """Every site by name, with its kind, module and module path (read-only)."""
         return MappingProxyType(core_of(self).sites)
 
+    @_not_traced
     def run_with_hooks(
         self,
         *model_args: Any,
@@ -108,6 +141,7 @@ class HookedModule:
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
 
+    @_not_traced
     def hooks(
         self,
         fwd_hooks: Any = (),
@@ -119,6 +153,7 @@ class HookedModule:
         thread or task that added them; see :mod:`auto_hookpoint.scoped_hooks`."""
         return scoped_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
+    @_not_traced
     def run_with_cache(
         self,
         *model_args: Any,
@@ -166,10 +201,12 @@ class HookedModule:
             if clear_contexts:
                 self.clear_contexts()  # type: ignore[attr-defined]
 
+    @_not_traced
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
         return run_until(self, site, *args, bank=bank, **kwargs)
 
+    @_not_traced
     def resume_from(
         self, site: str, activation: torch.Tensor | EarlyOutput, *args: Any, **kwargs: Any
     ) -> Any:
@@ -208,10 +245,35 @@ class HookedModule:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        forward = getattr(cls, "forward", None)
+        if forward is not None and not getattr(forward, "_auto_hook_returns_stops", False):
+            cls.forward = _returning_stops(forward)  # type: ignore[attr-defined]
         # A user subclass of a decorated class: attach once the outermost __init__ is done.
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_auto_hook_attaches", False):
             setattr(cls, "__init__", _attach_after(init))  # noqa: B010
+
+
+def _returning_stops(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """The forward of a hooked class: the model's own, except that in compiled code a
+    StopForward raised inside it (run_until's exit) is returned rather than raised.
+
+    Dynamo cannot compile an exception that leaves the compiled function; caught here,
+    inside it, the forward up to the exit compiles into one graph, and ``__call__``
+    raises the exception again outside the compiled region. Eagerly, nothing changes.
+    """
+
+    @functools.wraps(forward)
+    def forward_returning_stops(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return forward(self, *args, **kwargs)
+        try:
+            return forward(self, *args, **kwargs)
+        except StopForward as stop:
+            return stop
+
+    forward_returning_stops._auto_hook_returns_stops = True  # type: ignore[attr-defined]
+    return forward_returning_stops
 
 
 @overload

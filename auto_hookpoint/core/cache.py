@@ -51,6 +51,8 @@ def resolve_names_filter(
 
 
 class CacheObserver(Observer):
+    traced = True
+
     def __init__(
         self,
         device: torch.device | str | None = None,

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
+from auto_hookpoint.core.context import active_observers
+from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
 from auto_hookpoint.core.sites import Site, SiteKind, discover_sites
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
@@ -67,7 +68,12 @@ class _ModuleHooks:
 
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
-    def fire_output(self, _module: nn.Module, _args: Any, output: Any) -> Any:
+    def fire_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if torch.compiler.is_compiling():
+            if isinstance(output, StopForward):  # a compiled forward that ended early
+                return None
+            if self._watched_by_untraced():
+                return _eagerly(self.fire_output, module, args, output)
         # Which observers watch each output site, asked once per call.
         watching = self._watching(self.output_sites)
         path = find_primary(output)
@@ -98,8 +104,10 @@ class _ModuleHooks:
         return replaced
 
     def before_forward(
-        self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if torch.compiler.is_compiling() and self._watched_by_untraced():
+            return _eagerly(self.before_forward, module, args, kwargs)  # type: ignore[no-any-return]
         replaced = None
         if self.enter_watchers:
             for site, observers in self._watching(self.output_sites):
@@ -116,6 +124,18 @@ class _ModuleHooks:
         if self.param_sites:
             self._lend_params()
         return replaced
+
+    def _watched_by_untraced(self) -> bool:
+        """Whether an observer that is not ``traced`` watches a site of this module in this
+        call. A call of the hooked model runs eagerly while one watches it, so compiled code
+        meets one only in a part compiled on its own (a compiled ``model.forward``, a
+        compiled submodule): there the dispatch runs eagerly, a graph break."""
+        return any(
+            core is self.core
+            and not observer.traced
+            and any(name in names for name in self.observer_counts)
+            for core, observer, names in active_observers()
+        )
 
     def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
         return [(site, self.core.observers_of(site)) for site in sites]
@@ -152,6 +172,12 @@ class _ModuleHooks:
     def return_params(self, _module: nn.Module, _args: Any, _output: Any) -> None:
         if self.lent:
             self.module._parameters.update(self.lent.pop())
+
+
+@torch.compiler.disable
+def _eagerly(hook: Any, *args: Any) -> Any:
+    """Call a torch hook of the core with dynamo off (from compiled code: a graph break)."""
+    return hook(*args)
 
 
 class HookCore:
@@ -341,6 +367,6 @@ class HookCore:
     def observers_of(self, site: Site) -> list[Observer]:
         return [
             observer
-            for core, observer, names in ACTIVE_OBSERVERS.get()
+            for core, observer, names in active_observers()
             if core is self and site.name in names
         ]

@@ -82,6 +82,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class Captured(Observer, Mapping[str, Any]):
+    traced = True
+
     def __init__(
         self,
         detach: bool = True,

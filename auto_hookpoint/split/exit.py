@@ -16,26 +16,34 @@ from typing import Any
 import torch
 
 from auto_hookpoint.core.attached import core_of
-from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.observers import Observer, StopForward
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
 from auto_hookpoint.split.early_output import EarlyOutput, cached_fingerprint
 
 
-class SplitExit(Exception):  # noqa: N818 - control flow, not an error
+class SplitExit(StopForward):
     """Raised by the core, after the split site fired, to end the forward early.
 
     An ``Exception`` (not a ``BaseException``) so that torch's always-called forward hooks
-    run while it unwinds the forward.
+    run while it unwinds the forward. Made as ``SplitExit(observer)``, without an
+    ``__init__`` of its own, so that dynamo traces the raise: a compiled forward ends
+    there, in one graph.
     """
 
-    def __init__(self, observer: SplitObserver):
-        super().__init__(f"split exit after {observer.site!r}")
-        self.observer = observer
+    @property
+    def observer(self) -> SplitObserver:
+        observer: SplitObserver = self.args[0]
+        return observer
+
+    def __str__(self) -> str:
+        return f"split exit after {self.observer.site!r}"
 
 
 class SplitObserver(Observer):
+    traced = True
+
     def __init__(self, site: str, bank: Iterable[str] = ()):
         self.site = site
         self.watched = [site, *[b for b in bank if b != site]]

@@ -1,0 +1,193 @@
+"""What one call of a hooked model sees of its caller's context, in a form compiled code reads.
+
+Observers and ``hooks()`` scopes belong to the thread or asyncio task that entered them:
+they live in ``ContextVar``s (:data:`ACTIVE_OBSERVERS`, :data:`ACTIVE_SCOPES`). Dynamo
+cannot trace a ``ContextVar`` lookup (each one is a graph break), so every call of a
+hooked model begins, outside any compiled frame, with :func:`enter_call`: it copies what
+the caller's context holds into thread-local state, which the core's dispatch reads
+while dynamo traces. Dynamo traces thread-local reads without a break and guards on the
+values it read, evaluated in the calling thread, so a compiled forward is reused exactly
+while the same kinds of observers watch the same sites and the same scopes are visible,
+and recompiled (once per such set) otherwise.
+
+Eager dispatch reads the ``ContextVar``s directly; the copies are read only while dynamo
+traces. A compiled frame that runs outside any call of a hooked model (a submodule
+compiled and called on its own) finds no copy and reads the ``ContextVar``s: a graph
+break, never a wrong answer.
+
+Dynamo by default does not guard on a module's (empty) hook dicts
+(``torch._dynamo.config.skip_nnmodule_hook_guards``), so code compiled while a module
+had no hook would keep running without the hook the core places there later. While a
+call of a hooked model is in progress in a thread, every dynamo compilation in that
+thread is made with that option off (:func:`_guard_hooks_while_compiling`, through
+dynamo's own compile callbacks and its thread-local config patch): compiled code then
+checks each module's hook dicts and is recompiled when the core adds or removes a torch
+hook. Other compilations, and the setting itself, are left as the user has them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import torch
+import torch._dynamo
+from torch._dynamo.callback import CallbackArgs, CallbackTrigger, callback_handler
+
+from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, ActiveObservers
+
+R = TypeVar("R")
+
+# The hooks() scopes visible in this context.
+ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
+    "auto_hookpoint_active_hook_scopes", default=frozenset()
+)
+
+# Per thread, while a call of a hooked model runs: ``observers``, the caller's
+# ACTIVE_OBSERVERS; ``depth``, how many such calls are nested; ``guard_patch``, the
+# config patch held while dynamo compiles inside them. A plain threading.local, read with
+# getattr defaults: dynamo reads its attributes dynamically, in the calling thread.
+_THIS_CALL = threading.local()
+
+_scopes_lock = threading.Lock()
+_live_scopes: tuple[HookScope, ...] = ()  # replaced, never mutated: readers need no lock
+
+
+class HookScope:
+    """One ``hooks()`` scope. Its forward hooks run only where it is :meth:`visible`."""
+
+    __slots__ = ("_seen", "__weakref__")
+
+    def __init__(self) -> None:
+        # Per thread: whether the call running there was made from a context holding this
+        # scope (True/False), or None when no call of a hooked model is running.
+        self._seen = threading.local()
+
+    def visible(self) -> bool:
+        """Whether this scope belongs to the context of the call now running."""
+        if torch.compiler.is_compiling():
+            seen = getattr(self._seen, "visible", None)
+            if seen is not None:
+                return bool(seen)
+        return self in ACTIVE_SCOPES.get()
+
+    def open(self) -> None:
+        """Count this scope among the live ones, whose visibility each call records."""
+        global _live_scopes
+        with _scopes_lock:
+            _live_scopes = (*_live_scopes, self)
+
+    def close(self) -> None:
+        global _live_scopes
+        with _scopes_lock:
+            _live_scopes = tuple(s for s in _live_scopes if s is not self)
+
+
+def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
+    """``fn``, made to run with the caller's temporary hooks, caches and observers.
+
+    Temporary hooks (``hooks()``, ``run_with_hooks``), ``run_with_cache``, ``capture`` and
+    the other observers belong to the thread or asyncio task that entered them, so work
+    handed to another thread does not see them: ``threading.Thread``,
+    ``ThreadPoolExecutor.submit`` and ``loop.run_in_executor`` start from an empty
+    context (``asyncio.to_thread`` copies it). Wrap the callable you hand over::
+
+        with model.hooks(fwd_hooks=[("model.layers.0.hook_point", ablate)]):
+            worker = Thread(target=carry_context(model.generate), kwargs=gen_kwargs)
+            worker.start()                  # e.g. feeding a TextIteratorStreamer
+            for text in streamer: ...
+            worker.join()
+
+    The context is captured when ``carry_context`` is called; each call of the result
+    runs ``fn`` in its own copy of it (so several threads may run it at once). Hooks and
+    observers that have ended by then are gone for the worker too: keep the ``with``
+    block open until the work is done.
+    """
+    captured = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def in_caller_context(*args: Any, **kwargs: Any) -> R:
+        return captured.copy().run(fn, *args, **kwargs)
+
+    return in_caller_context
+
+
+def enter_call() -> ActiveObservers | None:
+    """Copy the caller's observers and scopes for the call of a hooked model now starting.
+
+    Returns what :func:`exit_call` needs to restore the copy of an enclosing call. Runs
+    eagerly, before any compiled frame of the call (see ``HookedModule.__call__``).
+    """
+    if _guard_hooks_while_compiling not in callback_handler.start_callbacks:
+        _register_compile_callbacks()  # first call, or torch._dynamo.reset() cleared them
+    here = _THIS_CALL
+    enclosing: ActiveObservers | None = getattr(here, "observers", None)
+    here.observers = ACTIVE_OBSERVERS.get()
+    here.depth = getattr(here, "depth", 0) + 1
+    _mark_scopes(ACTIVE_SCOPES.get())
+    return enclosing
+
+
+def exit_call(enclosing: ActiveObservers | None) -> None:
+    here = _THIS_CALL
+    here.observers = enclosing
+    here.depth -= 1
+    _mark_scopes(None if enclosing is None else ACTIVE_SCOPES.get())
+
+
+def _mark_scopes(active: frozenset[HookScope] | None) -> None:
+    for scope in _live_scopes:
+        scope._seen.visible = None if active is None else scope in active
+
+
+def active_observers() -> ActiveObservers:
+    """The observers of the current context: (core, observer, watched site names) each."""
+    if torch.compiler.is_compiling():
+        copied: ActiveObservers | None = getattr(_THIS_CALL, "observers", None)
+        if copied is not None:
+            return copied
+    return ACTIVE_OBSERVERS.get()
+
+
+def watched_by_untraced_observer(core: Any) -> bool:
+    """Whether an observer whose callbacks cannot be traced (``Observer.traced`` unset)
+    watches a site of ``core`` in the call now running."""
+    observers: ActiveObservers = getattr(_THIS_CALL, "observers", None) or ()
+    return any(owner is core and not observer.traced for owner, observer, _ in observers)
+
+
+def in_hooked_call() -> bool:
+    """Whether a call of a hooked model is running in this thread."""
+    return getattr(_THIS_CALL, "depth", 0) > 0
+
+
+def _guard_hooks_while_compiling(args: CallbackArgs) -> None:
+    if (
+        args.callback_trigger is CallbackTrigger.DYNAMO
+        and in_hooked_call()
+        and getattr(_THIS_CALL, "guard_patch", None) is None
+    ):
+        patch = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
+        patch.__enter__()  # thread-local (the config lives in ContextVars)
+        _THIS_CALL.guard_patch = patch
+
+
+def _end_guard_patch(_args: CallbackArgs) -> None:
+    patch: Any = getattr(_THIS_CALL, "guard_patch", None)
+    if patch is not None:
+        _THIS_CALL.guard_patch = None
+        patch.__exit__(None, None, None)
+
+
+_register_lock = threading.Lock()
+
+
+def _register_compile_callbacks() -> None:
+    with _register_lock:
+        if _guard_hooks_while_compiling not in callback_handler.start_callbacks:
+            callback_handler.register_start_callback(_guard_hooks_while_compiling)
+            callback_handler.register_end_callback(_end_guard_patch)
