@@ -30,7 +30,12 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
-from auto_hookpoint.core.context import enter_call, exit_call, watched_by_untraced_observer
+from auto_hookpoint.core.context import (
+    enter_call,
+    exit_call,
+    not_traced,
+    watched_by_untraced_observer,
+)
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.observers import StopForward
 from auto_hookpoint.core.sites import Site, SiteKind
@@ -48,9 +53,6 @@ _INIT_DEPTH = "_auto_hook_init_depth"
 # Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
 _STATE = ("hook_dict", "mod_dict", "is_caching", "context_level", _CORE)
 _PLAIN_STATE = frozenset({"is_caching", "context_level"})
-
-
-_not_traced = torch.compiler.disable(recursive=False)
 
 
 @torch.compiler.disable
@@ -94,16 +96,15 @@ class HookedModule:
     mod_dict: SiteDict
     unwrap = _Unwrap()
 
-    # The frames of these methods are never traced by dynamo (torch.compiler.disable,
-    # not recursive): they do context bookkeeping that dynamo cannot trace, and what they
-    # call (the model's forward) is compiled as usual. __call__ begins every call of the
-    # model, however it is compiled, so the copy of the caller's context that the core's
-    # dispatch reads in compiled code is always taken here, eagerly; see core/context.py.
+    # Entry points are @not_traced: dynamo compiles what they call, not their own frames.
+    # __call__ begins every call of the model, however it is compiled, so the copy of the
+    # caller's context that the core's dispatch reads in compiled code is always taken
+    # here, eagerly; see core/context.py.
     #
     # While an observer whose callbacks cannot be traced (trace, memory_profile,
     # find_nonfinite, generation_trace) watches the model, the call runs eagerly: dynamo
     # off in this thread, and the model's own compiled call (model.compile()) bypassed.
-    @_not_traced
+    @not_traced
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         enclosing = enter_call()
         try:
@@ -121,7 +122,7 @@ class HookedModule:
         """Every site by name, with its kind, module and module path (read-only)."""
         return MappingProxyType(core_of(self).sites)
 
-    @_not_traced
+    @not_traced
     def run_with_hooks(
         self,
         *model_args: Any,
@@ -141,7 +142,7 @@ class HookedModule:
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
 
-    @_not_traced
+    @not_traced
     def hooks(
         self,
         fwd_hooks: Any = (),
@@ -153,7 +154,7 @@ class HookedModule:
         thread or task that added them; see :mod:`auto_hookpoint.scoped_hooks`."""
         return scoped_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
-    @_not_traced
+    @not_traced
     def run_with_cache(
         self,
         *model_args: Any,
@@ -192,7 +193,7 @@ class HookedModule:
             return cached_forward(
                 core,
                 names,
-                lambda: self(*model_args, **model_kwargs),  # type: ignore[operator]
+                functools.partial(self, *model_args, **model_kwargs),  # type: ignore[misc]
                 device,
                 remove_batch_dim,
                 pos_slice,
@@ -201,12 +202,12 @@ class HookedModule:
             if clear_contexts:
                 self.clear_contexts()  # type: ignore[attr-defined]
 
-    @_not_traced
+    @not_traced
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
         return run_until(self, site, *args, bank=bank, **kwargs)
 
-    @_not_traced
+    @not_traced
     def resume_from(
         self, site: str, activation: torch.Tensor | EarlyOutput, *args: Any, **kwargs: Any
     ) -> Any:

@@ -19,6 +19,7 @@ does).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
 from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.context import not_traced
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.hooked import HookedModule, auto_hook
 from auto_hookpoint.split.exit import run_until
@@ -147,6 +149,7 @@ class HookedTransformerAdapter(HookedRootModule):
         return f"blocks.{layer - 1}.hook_resid_post"  # the last site on block layer-1's output
 
     # ---------------------------------------------------------------- running
+    @not_traced  # compiled, the HF model's forward is one graph
     def forward(
         self,
         input: str | list[str] | torch.Tensor,  # noqa: A002
@@ -191,6 +194,7 @@ class HookedTransformerAdapter(HookedRootModule):
             f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}"
         )
 
+    @not_traced  # compiled, the HF model's forward is one graph
     def run_with_cache(  # type: ignore[override]
         self,
         *model_args: Any,
@@ -228,7 +232,7 @@ class HookedTransformerAdapter(HookedRootModule):
                 out, cache = cached_forward(
                     core,
                     names,
-                    lambda: self(*model_args, **model_kwargs),
+                    functools.partial(self, *model_args, **model_kwargs),
                     device,
                     remove_batch_dim,
                     pos_slice,

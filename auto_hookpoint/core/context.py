@@ -42,6 +42,13 @@ from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, ActiveObservers
 
 R = TypeVar("R")
 
+not_traced = torch.compiler.disable(recursive=False)
+"""Decorator for the package's entry points (``run_with_cache``, ``run_until``, a hooked
+model's ``__call__``, ...): dynamo never traces their own frames, which do context
+bookkeeping it cannot trace (``ContextVar``s, locks), but still compiles what they call
+(the model's forward). So ``torch.compile(model.run_with_cache)`` compiles the forward,
+in one graph, instead of breaking the graph inside ``run_with_cache``."""
+
 # The hooks() scopes visible in this context.
 ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
     "auto_hookpoint_active_hook_scopes", default=frozenset()

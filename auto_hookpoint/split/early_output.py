@@ -39,6 +39,7 @@ def model_fingerprint(model: nn.Module) -> str:
 _FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
 
+@torch.compiler.disable  # plain Python (hashlib, a weak dict): never traced by dynamo
 def cached_fingerprint(model: nn.Module) -> str:
     first = next(model.parameters(), None)
     key = (first.dtype, first.device) if first is not None else None

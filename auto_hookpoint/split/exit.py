@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from auto_hookpoint.core.attached import core_of
+from auto_hookpoint.core.context import not_traced
 from auto_hookpoint.core.observers import Observer, StopForward
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
@@ -59,6 +60,7 @@ class SplitObserver(Observer):
             raise SplitExit(self)
 
 
+@not_traced
 def run_until(
     model: Any, site: str, *args: Any, bank: Iterable[str] = (), **kwargs: Any
 ) -> EarlyOutput:

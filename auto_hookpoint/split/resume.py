@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from auto_hookpoint.core.attached import core_of
+from auto_hookpoint.core.context import not_traced
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.errors import ResumeError, UnknownHookNameError
 from auto_hookpoint.split.early_output import EarlyOutput
@@ -30,6 +31,7 @@ from auto_hookpoint.split.early_output import EarlyOutput
 _STACKS = (nn.ModuleList, nn.Sequential)
 
 
+@not_traced
 def resume_from(
     model: Any, site: str, activation: torch.Tensor | EarlyOutput, *args: Any, **kwargs: Any
 ) -> Any:
