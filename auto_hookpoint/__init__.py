@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
     "EarlyOutputError": "auto_hookpoint.errors",
+    "CompiledBeforeHookingError": "auto_hookpoint.errors",
     "NonFiniteError": "auto_hookpoint.observers.numerics",
     "ArchitectureError": "auto_hookpoint.adapter",
     "AutoHookCheckError": "auto_hookpoint.check",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.core.sites import Site, SiteKind
     from auto_hookpoint.errors import (
         AutoHookError,
+        CompiledBeforeHookingError,
         EarlyOutputError,
         HookFunctionError,
         ResumeError,

@@ -51,3 +51,8 @@ class ResumeError(AutoHookError, RuntimeError):
 
 class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
+
+
+class CompiledBeforeHookingError(AutoHookError, RuntimeError):
+    """A submodule was compiled before auto_hook, so its compiled code would not notice
+    hooks added later; the message names it and says what to do."""

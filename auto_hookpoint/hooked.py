@@ -30,6 +30,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.compile_guards import guard_hooks_when_compiling
 from auto_hookpoint.core.context import (
     enter_call,
     exit_call,
@@ -39,7 +40,7 @@ from auto_hookpoint.core.context import (
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.observers import StopForward
 from auto_hookpoint.core.sites import Site, SiteKind
-from auto_hookpoint.errors import UnknownHookNameError
+from auto_hookpoint.errors import CompiledBeforeHookingError, UnknownHookNameError
 from auto_hookpoint.scoped_hooks import scoped_hooks
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
@@ -106,6 +107,7 @@ class HookedModule:
     # off in this thread, and the model's own compiled call (model.compile()) bypassed.
     @not_traced
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        guard_hooks_when_compiling()  # again, after a torch._dynamo.reset()
         enclosing = enter_call()
         try:
             if watched_by_untraced_observer(self.__dict__[_CORE]):
@@ -318,6 +320,7 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
             f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
             f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
         )
+    _refuse_compiled_submodules(target)
     core = HookCore(target, inputs, leaves)  # may raise; nothing on the model has changed yet
     original = type(target)
     target.__class__ = _instance_class(original)
@@ -327,6 +330,20 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
         _detach(target)
         raise
     return target
+
+
+def _refuse_compiled_submodules(model: nn.Module) -> None:
+    """Code dynamo compiled for a submodule before auto_hook does not check the hooks of
+    the modules it calls (nothing made it, then), so hooks added later would be skipped
+    there; the model itself is fine (its class changes, which makes dynamo recompile)."""
+    for path, module in model.named_modules():
+        if path and module._compiled_call_impl is not None:
+            raise CompiledBeforeHookingError(
+                f"{path!r} was compiled ({type(module).__name__}.compile()) before auto_hook: "
+                "its compiled code would not notice hooks that auto_hook adds later, and "
+                "they would be skipped there. Call auto_hook(model) first and compile "
+                "afterwards (each submodule's .compile() or the whole model's)."
+            )
 
 
 def unwrap(model: M) -> M:

@@ -20,11 +20,14 @@ from typing import Any
 import pytest
 import torch
 import torch._dynamo
+from battery import torch_hook_count
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from auto_hookpoint import (
+    CompiledBeforeHookingError,
+    HookedModule,
     auto_hook,
     capture,
     carry_context,
@@ -521,3 +524,38 @@ def test_sae_lens_activation_store_switching_hooks_on_a_compiled_adapter() -> No
         assert_same(expected, store(adapter, hook_name).get_activations(tokens), hook_name)
     assert counter.frame_count == 2  # one graph per hook, each ending at its layer
     assert graph_breaks() == 0
+
+
+# ------------------------------------------------------------------ compiled parts
+def test_a_compiled_submodule_called_on_its_own_sees_hooks_added_later() -> None:
+    model, reference = hooked(), hooked()
+    inner = torch.compile(model.model, backend=CompileCounter())  # not through the model
+    with torch.no_grad():
+        plain = inner(IDS).last_hidden_state
+        with model.hooks(fwd_hooks=[(MLP, halve)]):
+            got = inner(IDS).last_hidden_state
+        with reference.hooks(fwd_hooks=[(MLP, halve)]):
+            expected = reference.model(IDS).last_hidden_state
+        assert_same(expected, got, "hooked")
+        assert_same(plain, inner(IDS).last_hidden_state, "after")
+
+
+def test_regional_compilation_after_auto_hook() -> None:
+    model, reference = hooked(), hooked()
+    for layer in model.model.layers:  # compile each block, as large models often are
+        layer.compile(backend=CompileCounter())
+    with torch.no_grad():
+        assert_same(logits(reference(IDS)), logits(model(IDS)), "idle")
+        for route in ("run_with_hooks", "run_with_cache", "run_until"):
+            expected = ROUTES[route].run(reference, reference)
+            assert_same(expected, ROUTES[route].run(model, model), route)
+
+
+def test_auto_hook_refuses_submodules_compiled_before_it() -> None:
+    model = copy.deepcopy(BASE)
+    model.model.layers[1].compile(backend=CompileCounter())
+    with torch.no_grad():
+        model(IDS)  # its compiled code checks no hooks inside the block
+    with pytest.raises(CompiledBeforeHookingError, match=r"'model.layers.1' was compiled"):
+        auto_hook(model)
+    assert not isinstance(model, HookedModule) and torch_hook_count(model) == 0

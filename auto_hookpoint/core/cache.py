@@ -62,8 +62,8 @@ class CacheObserver(Observer):
         self.cache: dict[str, torch.Tensor] = {}
         self.device = device
         self.remove_batch_dim = remove_batch_dim
-        unwrapped = Slice.unwrap(pos_slice)
-        self.pos_slice = None if unwrapped.slice is None else unwrapped
+        unwrapped = None if pos_slice is None else Slice.unwrap(pos_slice)
+        self.pos_slice = None if unwrapped is None or unwrapped.slice is None else unwrapped
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         stored = tensor.detach()

@@ -13,16 +13,8 @@ and recompiled (once per such set) otherwise.
 Eager dispatch reads the ``ContextVar``s directly; the copies are read only while dynamo
 traces. A compiled frame that runs outside any call of a hooked model (a submodule
 compiled and called on its own) finds no copy and reads the ``ContextVar``s: a graph
-break, never a wrong answer.
-
-Dynamo by default does not guard on a module's (empty) hook dicts
-(``torch._dynamo.config.skip_nnmodule_hook_guards``), so code compiled while a module
-had no hook would keep running without the hook the core places there later. While a
-call of a hooked model is in progress in a thread, every dynamo compilation in that
-thread is made with that option off (:func:`_guard_hooks_while_compiling`, through
-dynamo's own compile callbacks and its thread-local config patch): compiled code then
-checks each module's hook dicts and is recompiled when the core adds or removes a torch
-hook. Other compilations, and the setting itself, are left as the user has them.
+break, never a wrong answer. (How compiled code notices the torch hooks the core adds and
+removes: :mod:`auto_hookpoint.core.compile_guards`.)
 """
 
 from __future__ import annotations
@@ -35,8 +27,6 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
-import torch._dynamo
-from torch._dynamo.callback import CallbackArgs, CallbackTrigger, callback_handler
 
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, ActiveObservers
 
@@ -54,10 +44,9 @@ ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
     "auto_hookpoint_active_hook_scopes", default=frozenset()
 )
 
-# Per thread, while a call of a hooked model runs: ``observers``, the caller's
-# ACTIVE_OBSERVERS; ``depth``, how many such calls are nested; ``guard_patch``, the
-# config patch held while dynamo compiles inside them. A plain threading.local, read with
-# getattr defaults: dynamo reads its attributes dynamically, in the calling thread.
+# Per thread, while a call of a hooked model runs, ``observers``: the caller's
+# ACTIVE_OBSERVERS (None outside any call). A plain threading.local, read with getattr
+# defaults: dynamo reads its attributes dynamically, in the calling thread.
 _THIS_CALL = threading.local()
 
 _scopes_lock = threading.Lock()
@@ -129,12 +118,9 @@ def enter_call() -> ActiveObservers | None:
     Returns what :func:`exit_call` needs to restore the copy of an enclosing call. Runs
     eagerly, before any compiled frame of the call (see ``HookedModule.__call__``).
     """
-    if _guard_hooks_while_compiling not in callback_handler.start_callbacks:
-        _register_compile_callbacks()  # first call, or torch._dynamo.reset() cleared them
     here = _THIS_CALL
     enclosing: ActiveObservers | None = getattr(here, "observers", None)
     here.observers = ACTIVE_OBSERVERS.get()
-    here.depth = getattr(here, "depth", 0) + 1
     _mark_scopes(ACTIVE_SCOPES.get())
     return enclosing
 
@@ -142,7 +128,6 @@ def enter_call() -> ActiveObservers | None:
 def exit_call(enclosing: ActiveObservers | None) -> None:
     here = _THIS_CALL
     here.observers = enclosing
-    here.depth -= 1
     _mark_scopes(None if enclosing is None else ACTIVE_SCOPES.get())
 
 
@@ -165,36 +150,3 @@ def watched_by_untraced_observer(core: Any) -> bool:
     watches a site of ``core`` in the call now running."""
     observers: ActiveObservers = getattr(_THIS_CALL, "observers", None) or ()
     return any(owner is core and not observer.traced for owner, observer, _ in observers)
-
-
-def in_hooked_call() -> bool:
-    """Whether a call of a hooked model is running in this thread."""
-    return getattr(_THIS_CALL, "depth", 0) > 0
-
-
-def _guard_hooks_while_compiling(args: CallbackArgs) -> None:
-    if (
-        args.callback_trigger is CallbackTrigger.DYNAMO
-        and in_hooked_call()
-        and getattr(_THIS_CALL, "guard_patch", None) is None
-    ):
-        patch = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
-        patch.__enter__()  # thread-local (the config lives in ContextVars)
-        _THIS_CALL.guard_patch = patch
-
-
-def _end_guard_patch(_args: CallbackArgs) -> None:
-    patch: Any = getattr(_THIS_CALL, "guard_patch", None)
-    if patch is not None:
-        _THIS_CALL.guard_patch = None
-        patch.__exit__(None, None, None)
-
-
-_register_lock = threading.Lock()
-
-
-def _register_compile_callbacks() -> None:
-    with _register_lock:
-        if _guard_hooks_while_compiling not in callback_handler.start_callbacks:
-            callback_handler.register_start_callback(_guard_hooks_while_compiling)
-            callback_handler.register_end_callback(_end_guard_patch)

@@ -16,15 +16,15 @@ lock, so with nothing active the model runs torch's own hook-free fast path.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from auto_hookpoint.core import compile_guards
 from auto_hookpoint.core.context import active_observers
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
@@ -65,6 +65,12 @@ class _ModuleHooks:
         hook_point = site.hook_point
         held = isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks()
         return held or self.observer_counts.get(site.name, 0) > 0
+
+    def any_active(self, sites: list[Site]) -> bool:
+        for site in sites:  # a loop, not any(generator): this runs on every activity change
+            if self.is_active(site):
+                return True
+        return False
 
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
@@ -180,6 +186,33 @@ def _eagerly(hook: Any, *args: Any) -> Any:
     return hook(*args)
 
 
+class _Observing:
+    """The context of ``HookCore.observing``: a class, not a generator, as it is entered
+    and left on every run_with_cache call."""
+
+    __slots__ = ("core", "observer", "watched", "enter", "token")
+
+    def __init__(self, core: HookCore, observer: Observer, watched: frozenset[str]):
+        self.core, self.observer, self.watched = core, observer, watched
+        self.enter = wants_enter(observer)
+
+    def __enter__(self) -> None:
+        self.token = ACTIVE_OBSERVERS.set(
+            (*ACTIVE_OBSERVERS.get(), (self.core, self.observer, self.watched))
+        )
+        try:
+            self.core._count_observer(self.watched, +1, self.enter)
+        except BaseException:
+            ACTIVE_OBSERVERS.reset(self.token)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.core._count_observer(self.watched, -1, self.enter)
+        finally:
+            ACTIVE_OBSERVERS.reset(self.token)
+
+
 class HookCore:
     """Discovers the sites of ``root`` and fires them while they are active."""
 
@@ -202,6 +235,7 @@ class HookCore:
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
         ]
+        compile_guards.track(self)
 
     def _new_hook_point(self, name: str) -> SiteHookPoint:
         return SiteHookPoint(name, self._changed)
@@ -262,6 +296,7 @@ class HookCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        compile_guards.track(self)
 
     # ----------------------------------------------------------------- activity
     def _changed(self, hook_point: SiteHookPoint) -> None:
@@ -277,12 +312,10 @@ class HookCore:
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
         with self._lock:
-            want_output = any(hooks.is_active(s) for s in hooks.output_sites + hooks.leaf_sites)
-            want_params = any(hooks.is_active(s) for s in hooks.param_sites)
+            want_output = hooks.any_active(hooks.output_sites) or hooks.any_active(hooks.leaf_sites)
+            want_params = hooks.any_active(hooks.param_sites)
             want_pre = (
-                want_params
-                or hooks.enter_watchers > 0
-                or any(hooks.is_active(s) for s in hooks.input_sites)
+                want_params or hooks.enter_watchers > 0 or hooks.any_active(hooks.input_sites)
             )
             module = hooks.module
             if want_output and hooks.output_handle is None:
@@ -306,32 +339,28 @@ class HookCore:
                 hooks.return_handle.remove()
                 hooks.return_handle = None
 
-    @contextlib.contextmanager
-    def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
+    def observing(self, observer: Observer, names: Iterable[str]) -> _Observing:
         """Make ``observer`` see the sites ``names`` in this context only, until exit."""
         watched = frozenset(names)
-        unknown = watched - self.sites.keys()
-        if unknown:
-            raise KeyError(f"not hook sites of this model: {sorted(unknown)[:5]}")
-        token = ACTIVE_OBSERVERS.set((*ACTIVE_OBSERVERS.get(), (self, observer, watched)))
-        enter = wants_enter(observer)
-        self._count_observer(watched, +1, enter)
-        try:
-            yield
-        finally:
-            self._count_observer(watched, -1, enter)
-            ACTIVE_OBSERVERS.reset(token)
+        sites = self.sites
+        for name in watched:
+            if name not in sites:
+                unknown = sorted(n for n in watched if n not in sites)
+                raise KeyError(f"not hook sites of this model: {unknown[:5]}")
+        return _Observing(self, observer, watched)
 
     def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
         with self._lock:
             touched: dict[int, _ModuleHooks] = {}
+            site_modules = self._site_modules
             for name in names:
-                hooks = self._site_modules[name]
-                count = hooks.observer_counts.get(name, 0) + step
+                hooks = site_modules[name]
+                counts = hooks.observer_counts
+                count = counts.get(name, 0) + step
                 if count:
-                    hooks.observer_counts[name] = count
+                    counts[name] = count
                 else:
-                    hooks.observer_counts.pop(name, None)
+                    del counts[name]
                 touched[id(hooks)] = hooks
             if enter:  # once per module, however many of its sites are watched
                 for hooks in touched.values():
@@ -351,6 +380,7 @@ class HookCore:
 
     def close(self) -> None:
         """Remove every hook from every site and every torch hook of the core."""
+        compile_guards.untrack(self)
         with self._lock:
             for site in self.sites.values():
                 if isinstance(site.hook_point, SiteHookPoint):
