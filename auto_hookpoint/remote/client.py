@@ -30,6 +30,7 @@ from auto_hookpoint.remote.wire import (
     MEDIA_TYPE,
     SplitRequest,
     WireFormatError,
+    check_sendable,
     decode_response,
     encode_request,
 )
@@ -106,6 +107,7 @@ class SplitClient:
     ) -> tuple[torch.Tensor, SplitStats]:
         """:meth:`run`, and what it cost (:class:`SplitStats`)."""
         start = time.perf_counter()
+        check_sendable(args, inputs)  # before computing anything
         early = None
         if site is not None:
             with torch.no_grad():

@@ -65,6 +65,23 @@ class SplitResponse:
     server_ms: float  # the server's time from the request's bytes to the response's
 
 
+def check_sendable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """TypeError naming the first input that cannot be sent: positional inputs must be
+    tensors, keyword inputs tensors or JSON scalars (None, bool, int, float, str)."""
+    for index, arg in enumerate(args):
+        if not isinstance(arg, torch.Tensor):
+            raise TypeError(
+                f"positional input {index} is a {type(arg).__name__}; positional inputs must be "
+                "tensors (pass other values by keyword)"
+            )
+    for name, value in kwargs.items():
+        if not isinstance(value, (torch.Tensor, *JSON_SCALARS)):
+            raise TypeError(
+                f"input {name}= is a {type(value).__name__}; only tensors and None, bool, int, "
+                "float or str values can be sent to the server"
+            )
+
+
 def encode_request(request: SplitRequest) -> bytes:
     """The request as safetensors bytes. TypeError for an input that is neither a tensor
     nor a JSON scalar (None, bool, int, float, str); ValueError if compression refuses."""
@@ -86,24 +103,15 @@ def encode_request(request: SplitRequest) -> bytes:
             tensors[f"early-scale:{site}"] = parts["scale"].contiguous()
         tensors.update({f"early:{name}": t for name, t in early_tensors.items()})
         metadata["early"] = json.dumps(early_metadata)
+    check_sendable(request.args, request.kwargs)
     for index, arg in enumerate(request.args):
-        if not isinstance(arg, torch.Tensor):
-            raise TypeError(
-                f"positional input {index} is a {type(arg).__name__}; positional inputs must be "
-                "tensors (pass other values by keyword)"
-            )
         tensors[f"arg:{index}"] = _sendable(arg)
     scalars = {}
     for name, value in request.kwargs.items():
         if isinstance(value, torch.Tensor):
             tensors[f"kwarg:{name}"] = _sendable(value)
-        elif isinstance(value, JSON_SCALARS):
-            scalars[name] = value
         else:
-            raise TypeError(
-                f"input {name}= is a {type(value).__name__}; only tensors and None, bool, int, "
-                "float or str values can be sent to the server"
-            )
+            scalars[name] = value
     metadata["kwargs"] = json.dumps(scalars)
     return save_safetensors(tensors, metadata=metadata)
 
