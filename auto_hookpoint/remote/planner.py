@@ -149,7 +149,7 @@ class SplitPlan:
             totals = "".join(
                 (f"{by_mode[m].total_ms:9.1f}" + ("*" if by_mode[m] is best else " "))
                 if m in by_mode
-                else f"{'-':>10}"
+                else f"{'-':>9} "
                 for m in modes
             )
             times = f"{first.edge_ms:9.1f}{first.server_ms:10.1f}"
@@ -185,7 +185,7 @@ class SplitPlan:
         labels = self.labels
         xs = list(range(len(labels)))
         exact = [self.option(label) for label in labels]
-        figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) + 2.5), 4.2))
+        figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) + 4.5), 4.2))
         edge = [o.edge_ms for o in exact]
         network = [o.network_ms for o in exact]
         server = [o.server_ms for o in exact]
@@ -218,7 +218,7 @@ class SplitPlan:
             f"{self.edge.model_class}: split latency, {_rate(self.bandwidth_bps)}, "
             f"RTT {self.rtt_s * 1e3:g} ms", fontsize=10,
         )  # fmt: skip
-        axes.legend(fontsize=7, loc="best")
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)
