@@ -356,7 +356,7 @@ def test_unknown_endpoints_and_methods_get_json_errors(llama: Deployment) -> Non
     missing = httpx.get(f"{llama.url}/nope", timeout=10)
     assert missing.status_code == 404 and "GET /health, GET /info, POST /run" in missing.text
     wrong_method = httpx.get(f"{llama.url}/run", timeout=10)
-    assert wrong_method.status_code == 405 and wrong_method.json()["kind"] == "not_found"
+    assert wrong_method.status_code == 405 and wrong_method.json()["kind"] == "method_not_allowed"
     info = httpx.get(f"{llama.url}/info", timeout=10).json()
     assert info["model_class"] == "LlamaForCausalLM" and info["split_sites"][0] == llama.site(0)
 

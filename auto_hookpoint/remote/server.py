@@ -55,7 +55,6 @@ from auto_hookpoint.remote.wire import MEDIA_TYPE
 
 LOG = logging.getLogger("auto_hookpoint.remote.server")
 ENDPOINTS = "GET /health, GET /info, POST /run"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def split_server_app(
@@ -84,10 +83,10 @@ def split_server_app(
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        message = (
-            f"{request.method} {request.url.path}: {error.detail}. This server answers {ENDPOINTS}."
-        )
-        return error_response(error.status_code, "not_found", message)
+        where = f"{request.method} {request.url.path}"
+        message = f"{where}: {error.detail}. This server answers {ENDPOINTS}."
+        kind = "not_found" if error.status_code == 404 else "method_not_allowed"
+        return error_response(error.status_code, kind, message)
 
     app = Starlette(
         routes=[
