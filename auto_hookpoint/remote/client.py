@@ -84,7 +84,8 @@ class SplitClient:
         last_position: bool = False,
         **inputs: Any,
     ) -> torch.Tensor:
-        """Compute ``edge`` up to ``site`` here and the rest on the server; the result.
+        """Compute ``edge`` up to ``site`` here and the rest on the server; the result
+        (on the CPU, in the dtype the server computed).
 
         ``site=None`` runs the whole forward on the server (``edge`` may then be None).
         ``output``: None for the model output's primary tensor (a causal LM's logits), a

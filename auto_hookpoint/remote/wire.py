@@ -98,10 +98,10 @@ def encode_request(request: SplitRequest) -> bytes:
         site = request.early.site
         split = early_tensors.pop(site)
         parts = codec.encode(split, request.compress)
-        tensors[f"early:{site}"] = parts[""].contiguous()
+        tensors[f"early:{site}"] = parts[""].to("cpu").contiguous()
         if "scale" in parts:
-            tensors[f"early-scale:{site}"] = parts["scale"].contiguous()
-        tensors.update({f"early:{name}": t for name, t in early_tensors.items()})
+            tensors[f"early-scale:{site}"] = parts["scale"].to("cpu").contiguous()
+        tensors.update({f"early:{name}": t.to("cpu") for name, t in early_tensors.items()})
         metadata["early"] = json.dumps(early_metadata)
     check_sendable(request.args, request.kwargs)
     for index, arg in enumerate(request.args):
