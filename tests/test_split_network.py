@@ -22,7 +22,7 @@ import httpx
 import pytest
 import torch
 from battery import torch_hook_count
-from hf_models import ARCHS
+from hf_models import ARCHS, minilm_path
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -484,3 +484,38 @@ def test_the_serve_command_serves_a_model_folder(llama: Deployment) -> None:
         process.terminate()
         process.wait(30)
     assert process.returncode is not None
+
+
+def test_real_pretrained_weights_and_tokenizer_minilm() -> None:
+    """all-MiniLM-L6-v2 (a BertModel with a padding mask): exact at every split; the
+    compressed modes' effect on real activations and sentence embeddings."""
+    from transformers import AutoTokenizer
+
+    folder = minilm_path()
+    edge, cloud = load_model_dir(folder), load_model_dir(folder)
+    texts = ["A man is eating food.", "The for statement iterates over a sequence.", "Hi."]
+    inputs = dict(AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt"))
+    mask = inputs["attention_mask"].unsqueeze(-1)
+    with torch.no_grad():
+        full = edge(**inputs).last_hidden_state
+        act = edge.run_until("encoder.layer.2.hook_point", **inputs).activation
+
+    def embedding(hidden: torch.Tensor) -> torch.Tensor:  # the model's mean pooling
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    with SplitServer(cloud, LOOPBACK, 0) as server:
+        exact = SplitClient(server.url, timeout=30)
+        for k in range(6):
+            assert torch.equal(exact.run(edge, f"encoder.layer.{k}.hook_point", **inputs), full)
+        for compress, bound in (("fp16", 1e-3), ("bf16", 1e-2), ("int8", 5e-2)):
+            client = SplitClient(server.url, compress=compress, timeout=30)  # type: ignore[arg-type]
+            out = client.run(edge, "encoder.layer.2.hook_point", **inputs)
+            sent = codec.decode(codec.encode(act, compress), compress, act.dtype)  # type: ignore[arg-type]
+            relative = ((sent - act).norm() / act.norm()).item()
+            cosine = torch.cosine_similarity(embedding(out), embedding(full)).min().item()
+            max_diff = (out - full).abs().max().item()
+            print(
+                f"\nMiniLM {compress}: activation relative error {relative:.2e}, max |hidden diff| "
+                f"{max_diff:.2e} (hidden std {full.std():.2f}), embedding cosine >= {cosine:.6f}"
+            )
+            assert 0 < relative < bound and cosine > 0.999
