@@ -176,3 +176,9 @@ def test_the_plan_command_measures_saves_and_combines_profiles(
     assert "profiling" not in out and "server: server" in out and "best: " in out
     with pytest.raises(SystemExit, match="bandwidth '20 parsecs' is not understood"):
         main(["plan", "--bandwidth", "20 parsecs"])
+    other = dataclasses.replace(fast, inputs={"input_ids": [1, 9]})
+    other.save(server)
+    with pytest.raises(SystemExit, match="differ in inputs"):
+        main(["plan", "--edge-profile", str(edge), "--server-profile", str(server), *common])
+    with pytest.raises(SystemExit, match="No such file"):
+        main(["plan", "--edge-profile", str(tmp_path / "missing.json"), *common])

@@ -10,19 +10,21 @@ from auto_hookpoint.commands.split_model import load_for_split, sample_inputs
 
 
 def plan(args: Any) -> int:
+    """Profile this machine (unless both profiles are given), print the plan, draw it."""
+    from auto_hookpoint.remote.codec import check_compression
     from auto_hookpoint.remote.planner import parse_bandwidth, parse_duration, plan_split
     from auto_hookpoint.remote.profile import SplitProfile, profile_split
 
-    try:
-        parse_bandwidth(args.bandwidth), parse_duration(args.rtt)
-        from auto_hookpoint.remote.codec import check_compression
-
-        [check_compression(c) for c in args.compress.split(",")]
-    except ValueError as error:
+    try:  # every mistake in the arguments, before minutes of measuring
+        compress = tuple(check_compression(c) for c in args.compress.split(","))
+        parse_bandwidth(args.bandwidth)
+        parse_duration(args.rtt)
+        edge = SplitProfile.load(args.edge_profile) if args.edge_profile else None
+        server = SplitProfile.load(args.server_profile) if args.server_profile else None
+        if args.repeats < 1 or args.batch < 1 or args.seq_len < 1:
+            raise ValueError("--repeats, --batch and --seq-len must be at least 1")
+    except (ValueError, OSError) as error:
         raise SystemExit(f"auto-hookpoint plan: {error}") from error
-    compress = tuple(None if c == "none" else c for c in args.compress.split(","))
-    edge = SplitProfile.load(args.edge_profile) if args.edge_profile else None
-    server = SplitProfile.load(args.server_profile) if args.server_profile else None
     if edge is None or server is None:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -37,7 +39,10 @@ def plan(args: Any) -> int:
             here.save(args.save_profile)
             print(f"profile saved to {args.save_profile}")
         edge, server = edge or here, server or here
-    result = plan_split(edge, server, bandwidth=args.bandwidth, rtt=args.rtt, compress=compress)
+    try:
+        result = plan_split(edge, server, bandwidth=args.bandwidth, rtt=args.rtt, compress=compress)
+    except ValueError as error:  # profiles that do not go together
+        raise SystemExit(f"auto-hookpoint plan: {error}") from error
     print(result.table())
     try:
         result.save_chart(args.chart)
