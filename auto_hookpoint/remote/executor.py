@@ -135,10 +135,10 @@ class SplitExecutor:
             except (TypeError, ValueError, IndexError, RuntimeError) as error:
                 if early is not None:
                     raise
-                raise RequestRejected(  # noqa: B904 - the cause is chained below
+                raise RequestRejected(
                     422, "bad_inputs",
                     f"the forward failed on these inputs: {type(error).__name__}: {error}",
-                )  # fmt: skip
+                ) from error  # fmt: skip
             if output_site:
                 if output_site not in captured:
                     raise RequestRejected(
