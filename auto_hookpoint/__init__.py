@@ -61,12 +61,9 @@ _EXPORTS: dict[str, str] = {
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
     "EarlyOutputError": "auto_hookpoint.errors",
-<<<<<<< HEAD
-    "CompiledBeforeHookingError": "auto_hookpoint.errors",
-=======
     "SplitServerError": "auto_hookpoint.errors",
     "SplitConnectionError": "auto_hookpoint.errors",
->>>>>>> main
+    "CompiledBeforeHookingError": "auto_hookpoint.errors",
     "NonFiniteError": "auto_hookpoint.observers.numerics",
     "ArchitectureError": "auto_hookpoint.adapter",
     "AutoHookCheckError": "auto_hookpoint.check",

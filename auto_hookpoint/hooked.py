@@ -35,6 +35,7 @@ from auto_hookpoint.core.context import (
     enter_call,
     exit_call,
     not_traced,
+    runs_eagerly,
     watched_by_untraced_observer,
 )
 from auto_hookpoint.core.hook_core import HookCore
@@ -54,6 +55,11 @@ _INIT_DEPTH = "_auto_hook_init_depth"
 # Instance attributes auto_hook sets (HookedRootModule's state, plus ours).
 _STATE = ("hook_dict", "mod_dict", "is_caching", "context_level", _CORE)
 _PLAIN_STATE = frozenset({"is_caching", "context_level"})
+
+
+@not_traced
+def _call_from_compiled_code(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return model(*args, **kwargs)
 
 
 @torch.compiler.disable
@@ -105,8 +111,12 @@ class HookedModule:
     # While an observer whose callbacks cannot be traced (trace, memory_profile,
     # find_nonfinite, generation_trace) watches the model, the call runs eagerly: dynamo
     # off in this thread, and the model's own compiled call (model.compile()) bypassed.
-    @not_traced
+    @runs_eagerly
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # dynamo traces a function that calls the model
+            if torch.compiler.is_exporting():
+                return super().__call__(*args, **kwargs)  # type: ignore[misc]  # as it is
+            return _call_from_compiled_code(self, args, kwargs)  # a graph break, then this
         guard_hooks_when_compiling()  # again, after a torch._dynamo.reset()
         enclosing = enter_call()
         try:

@@ -386,13 +386,33 @@ def test_recompiles_are_bounded_by_hook_sets_not_by_calls_or_layers() -> None:
             model.run_with_hooks(IDS, fwd_hooks=[(SITE, lambda t, hook: t * 2)])
             model.run_with_cache(IDS, names_filter=[SITE, MLP])
             model.run_until(SITE, IDS)
-    assert counter.frame_count == 4  # idle, the hook, the cache, the exit: one graph each
+            model.run_with_hooks(IDS, fwd_hooks=[(PARAM, lambda w, hook: w * 2)])
+    assert counter.frame_count == 5  # idle, hook, cache, exit, parameter hook: a graph each
     with torch.no_grad():
         for layer in range(3):  # each layer cached in turn: three more sets
             model.run_with_cache(IDS, names_filter=f"model.layers.{layer}.hook_point")
             model.run_with_cache(IDS, names_filter=f"model.layers.{layer}.hook_point")
-    assert counter.frame_count == 7
+    assert counter.frame_count == 8
     assert graph_breaks() == 0, dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_parameter_hook_placed_again_gives_the_parameter_back_when_the_forward_raises(
+    compiled: bool,
+) -> None:
+    model, reference = hooked(), hooked()
+    if compiled:
+        model.compile(backend=CompileCounter())
+    weight = model.get_parameter(PARAM.removesuffix(".hook_point"))
+    with torch.no_grad():
+        expected = reference.run_until(SITE, IDS).activation  # reference: no parameter hook
+        for _ in range(3):  # the give-back hook is placed again each time, under its old id
+            with model.hooks(fwd_hooks=[(PARAM, lambda w, hook: w * 0)]):
+                early = model.run_until(SITE, IDS)  # the exit unwinds through the hooks
+            assert model.get_parameter(PARAM.removesuffix(".hook_point")) is weight
+            assert not torch.equal(early.activation, expected)  # the hook did act
+        assert_same(logits(reference(IDS)), logits(model(IDS)), "after")
+    assert model._auto_hook_core.installed_hook_count() == 0
 
 
 def test_other_instances_of_the_class_see_their_own_hooks() -> None:
@@ -559,3 +579,30 @@ def test_auto_hook_refuses_submodules_compiled_before_it() -> None:
     with pytest.raises(CompiledBeforeHookingError, match=r"'model.layers.1' was compiled"):
         auto_hook(model)
     assert not isinstance(model, HookedModule) and torch_hook_count(model) == 0
+
+
+def test_a_compiled_function_that_calls_the_hooked_model() -> None:
+    model, reference = hooked(), hooked()
+    counter = Counter()
+    step = torch.compile(lambda ids: logits(model(ids)).softmax(-1), backend=counter)
+    with torch.no_grad():
+        assert_same(logits(reference(IDS)).softmax(-1), step(IDS), "idle")
+        with model.hooks(fwd_hooks=[(SITE, halve)]), capture(model, MLP) as acts:
+            got = step(IDS)
+        with reference.hooks(fwd_hooks=[(SITE, halve)]), capture(reference, MLP) as expected:
+            assert_same(logits(reference(IDS)).softmax(-1), got, "hooked")
+        assert_same(dict(expected), dict(acts), "captured")
+    # The model's call is where the function's graph breaks; the forward is one graph.
+    assert graph_breaks() <= 2, dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["export", "strict export"])
+def test_torch_export_of_a_hooked_model_keeps_its_global_hooks(strict: bool) -> None:
+    model, reference = hooked(), hooked()
+    for m in (model, reference):
+        m.add_hook(SITE, halve)
+    no_cache = {"use_cache": False}  # transformers' cache object is no pytree
+    exported = torch.export.export(model, (IDS,), no_cache, strict=strict).module()
+    with torch.no_grad():
+        expected = logits(reference(IDS, **no_cache))
+        assert_same(expected, logits(exported(IDS, **no_cache)), "exported")

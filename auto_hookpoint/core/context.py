@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
+from torch._dynamo.eval_frame import skip_code
 
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, ActiveObservers
 
@@ -38,6 +39,18 @@ model's ``__call__``, ...): dynamo never traces their own frames, which do conte
 bookkeeping it cannot trace (``ContextVar``s, locks), but still compiles what they call
 (the model's forward). So ``torch.compile(model.run_with_cache)`` compiles the forward,
 in one graph, instead of breaking the graph inside ``run_with_cache``."""
+
+
+def runs_eagerly(fn: Callable[..., R]) -> Callable[..., R]:
+    """Decorator for a hooked model's ``__call__``: dynamo runs the frames of ``fn`` eagerly
+    and compiles what it calls, as ``torch.compiler.disable(recursive=False)`` makes it do,
+    but without that decorator's wrapper, which refuses ``torch.export`` outright. (The
+    same primitive, ``skip_code``, marks the wrapper's own frame in torch.) ``fn`` itself
+    decides what to do when dynamo traces a caller of it (``torch.compiler.is_compiling()``).
+    """
+    skip_code(fn.__code__)
+    return fn
+
 
 # The hooks() scopes visible in this context.
 ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(

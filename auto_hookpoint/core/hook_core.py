@@ -47,6 +47,7 @@ class _ModuleHooks:
         self.output_handle: RemovableHandle | None = None
         self.pre_handle: RemovableHandle | None = None
         self.return_handle: RemovableHandle | None = None
+        self.return_handle_id: int | None = None  # kept, to place it again under the same id
         # Real parameters stashed while the module runs with hooked ones; a stack,
         # because a module may be called again from inside its own forward.
         self.lent: list[dict[str, Any]] = []
@@ -136,6 +137,8 @@ class _ModuleHooks:
         call. A call of the hooked model runs eagerly while one watches it, so compiled code
         meets one only in a part compiled on its own (a compiled ``model.forward``, a
         compiled submodule): there the dispatch runs eagerly, a graph break."""
+        if not self.observer_counts:  # no observer anywhere: the context need not be asked
+            return False
         return any(
             core is self.core
             and not observer.traced
@@ -144,7 +147,9 @@ class _ModuleHooks:
         )
 
     def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
-        return [(site, self.core.observers_of(site)) for site in sites]
+        # A site no observer watches, in any context, needs no look at the context.
+        counts, core = self.observer_counts, self.core
+        return [(site, core.observers_of(site) if site.name in counts else []) for site in sites]
 
     def _fire(self, watching: list[tuple[Site, list[Observer]]], tensor: Any, path: Path) -> Any:
         """Pass ``tensor`` through each site's HookPoint in turn, then its observers."""
@@ -184,6 +189,27 @@ class _ModuleHooks:
 def _eagerly(hook: Any, *args: Any) -> Any:
     """Call a torch hook of the core with dynamo off (from compiled code: a graph break)."""
     return hook(*args)
+
+
+def _always_called_first(module: nn.Module, hook: Any, reuse_id: int | None) -> RemovableHandle:
+    """``module.register_forward_hook(hook, prepend=True, always_call=True)``, under the
+    handle id ``reuse_id`` if given (the id this hook had when last placed).
+
+    Compiled code guards on the id of an always-called hook (torch's ``_call_impl`` asks
+    ``hook_id in self._forward_hooks_always_called``), so the same hook placed again
+    under a new id, as every ``run_with_hooks`` with a parameter hook would, recompiles
+    on every call; under its old id, the code compiled for it is reused. Ids come from
+    one global counter, so an id once handed to this hook is never anyone else's.
+    """
+    if reuse_id is None:
+        return module.register_forward_hook(hook, prepend=True, always_call=True)
+    hooks, always_called = module._forward_hooks, module._forward_hooks_always_called
+    handle = RemovableHandle(hooks, extra_dict=always_called)
+    handle.id = reuse_id  # remove() deletes this id from both dicts
+    hooks[reuse_id] = hook
+    hooks.move_to_end(reuse_id, last=False)  # type: ignore[attr-defined]  # an OrderedDict
+    always_called[reuse_id] = True
+    return handle
 
 
 class _Observing:
@@ -332,9 +358,10 @@ class HookCore:
                 hooks.pre_handle = None
             if want_params and hooks.return_handle is None:
                 # prepend: the real parameters are back before any output hook runs.
-                hooks.return_handle = module.register_forward_hook(
-                    hooks.return_params, prepend=True, always_call=True
+                hooks.return_handle = _always_called_first(
+                    module, hooks.return_params, hooks.return_handle_id
                 )
+                hooks.return_handle_id = hooks.return_handle.id
             elif not want_params and hooks.return_handle is not None:
                 hooks.return_handle.remove()
                 hooks.return_handle = None
