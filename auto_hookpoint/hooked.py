@@ -113,7 +113,7 @@ class HookedModule:
     # off in this thread, and the model's own compiled call (model.compile()) bypassed.
     @runs_eagerly
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():  # dynamo traces a function that calls the model
+        if torch.compiler.is_dynamo_compiling():  # dynamo traces a function that calls the model
             if torch.compiler.is_exporting():
                 return super().__call__(*args, **kwargs)  # type: ignore[misc]  # as it is
             return _call_from_compiled_code(self, args, kwargs)  # a graph break, then this
@@ -278,7 +278,7 @@ def _returning_stops(forward: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(forward)
     def forward_returning_stops(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_dynamo_compiling():
             return forward(self, *args, **kwargs)
         try:
             return forward(self, *args, **kwargs)

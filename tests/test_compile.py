@@ -460,19 +460,24 @@ def test_threads_sharing_a_compiled_model_see_only_their_own_hooks() -> None:
         for job in jobs.values():  # compile each hook set before the threads race
             job(model)
         results: dict[str, list[Any]] = {name: [] for name in jobs}
+        errors: list[BaseException] = []
         barrier = threading.Barrier(len(jobs))
 
         def worker(name: str) -> None:
-            barrier.wait()
-            with torch.no_grad():
-                for _ in range(10):
-                    results[name].append(jobs[name](model))
+            try:
+                barrier.wait()
+                with torch.no_grad():
+                    for _ in range(10):
+                        results[name].append(jobs[name](model))
+            except BaseException as error:  # surfaced below, in the test's thread
+                errors.append(error)
 
         threads = [threading.Thread(target=worker, args=(name,)) for name in jobs]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    assert not errors, errors
     for name in jobs:
         assert len(results[name]) == 10
         for got in results[name]:
@@ -606,3 +611,80 @@ def test_torch_export_of_a_hooked_model_keeps_its_global_hooks(strict: bool) -> 
     with torch.no_grad():
         expected = logits(reference(IDS, **no_cache))
         assert_same(expected, logits(exported(IDS, **no_cache)), "exported")
+
+
+# ------------------------------------------------------------------ inductor, benchmark (slow)
+@pytest.mark.slow
+@many_hook_sets
+def test_inductor_compiled_routes_match_eager() -> None:
+    model, reference = hooked(), hooked()
+    model.compile()  # inductor, torch's default backend
+    with torch.no_grad():
+        torch.testing.assert_close(logits(model(IDS)), logits(reference(IDS)))
+        for route in ("run_with_hooks", "parameter hook", "run_with_cache", "run_until"):
+            expected, got = ROUTES[route].run(reference, reference), ROUTES[route].run(model, model)
+            for want, have in zip(
+                torch.utils._pytree.tree_leaves(expected),
+                torch.utils._pytree.tree_leaves(got),
+                strict=True,
+            ):
+                if isinstance(want, torch.Tensor):
+                    torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-5)
+                else:
+                    assert have == want
+    assert graph_breaks() == 0, dict(counters["graph_break"])
+
+
+@pytest.mark.slow
+def test_sae_lens_training_runner_with_compile_llm(tmp_path: Any) -> None:
+    from datasets import Dataset
+    from sae_lens import (
+        LanguageModelSAERunnerConfig,
+        LanguageModelSAETrainingRunner,
+        LoggingConfig,
+        StandardTrainingSAEConfig,
+    )
+
+    from auto_hookpoint.adapter import HookedTransformerAdapter
+    from auto_hookpoint.demo import demo_corpus, demo_tokenizer
+
+    def runner(compile_llm: bool) -> Any:
+        adapter = HookedTransformerAdapter(tiny_llama(3, vocab=1024), demo_tokenizer())
+        cfg = LanguageModelSAERunnerConfig(
+            sae=StandardTrainingSAEConfig(d_in=16, d_sae=32), hook_name="blocks.1.hook_resid_post",
+            is_dataset_tokenized=False, streaming=False, context_size=8, training_tokens=256,
+            train_batch_size_tokens=64, store_batch_size_prompts=4, n_batches_in_buffer=4,
+            device="cpu", compile_llm=compile_llm, logger=LoggingConfig(log_to_wandb=False),
+            output_path=str(tmp_path / str(compile_llm)), n_checkpoints=0,
+        )  # fmt: skip
+        data = Dataset.from_dict({"text": demo_corpus()[:200]})
+        return LanguageModelSAETrainingRunner(cfg, override_model=adapter, override_dataset=data)
+
+    eager, compiled = runner(False), runner(True)
+    tokens = eager.activations_store.get_batch_tokens(4)
+    torch.testing.assert_close(
+        compiled.activations_store.get_activations(tokens),
+        eager.activations_store.get_activations(tokens),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    sae = compiled.run()  # trains on the compiled model's activations
+    assert sae.W_enc.isfinite().all()
+    assert graph_breaks() == 0, dict(counters["graph_break"])
+
+
+@pytest.mark.slow
+def test_the_compile_benchmark_runs_with_no_break_and_no_recompile() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "compile.py"
+    args = ["--rounds", "2", "--shapes", "tiny", "--backend", "eager"]
+    table = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny | ")]
+    assert len(rows) == 7, table
+    for row in rows[1:]:  # variant, ratio, graph breaks, recompiles
+        assert row[4].strip() == "0" and row[5].strip() == "0", table

@@ -46,7 +46,7 @@ def runs_eagerly(fn: Callable[..., R]) -> Callable[..., R]:
     and compiles what it calls, as ``torch.compiler.disable(recursive=False)`` makes it do,
     but without that decorator's wrapper, which refuses ``torch.export`` outright. (The
     same primitive, ``skip_code``, marks the wrapper's own frame in torch.) ``fn`` itself
-    decides what to do when dynamo traces a caller of it (``torch.compiler.is_compiling()``).
+    decides what to do when dynamo traces a caller of it (``torch.compiler.is_dynamo_compiling()``).
     """
     skip_code(fn.__code__)
     return fn
@@ -78,7 +78,7 @@ class HookScope:
 
     def visible(self) -> bool:
         """Whether this scope belongs to the context of the call now running."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_dynamo_compiling():
             seen = getattr(self._seen, "visible", None)
             if seen is not None:
                 return bool(seen)
@@ -151,7 +151,7 @@ def _mark_scopes(active: frozenset[HookScope] | None) -> None:
 
 def active_observers() -> ActiveObservers:
     """The observers of the current context: (core, observer, watched site names) each."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         copied: ActiveObservers | None = getattr(_THIS_CALL, "observers", None)
         if copied is not None:
             return copied

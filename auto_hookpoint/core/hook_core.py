@@ -76,7 +76,7 @@ class _ModuleHooks:
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
     def fire_output(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_dynamo_compiling():
             if isinstance(output, StopForward):  # a compiled forward that ended early
                 return None
             if self._watched_by_untraced():
@@ -113,7 +113,7 @@ class _ModuleHooks:
     def before_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        if torch.compiler.is_compiling() and self._watched_by_untraced():
+        if torch.compiler.is_dynamo_compiling() and self._watched_by_untraced():
             return _eagerly(self.before_forward, module, args, kwargs)  # type: ignore[no-any-return]
         replaced = None
         if self.enter_watchers:
