@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from auto_hookpoint.check.checks import CHECK_NAMES, all_checks, make_baseline
+from auto_hookpoint.check.checks import CHECK_NAMES, ModelRaises, all_checks, make_baseline
 from auto_hookpoint.check.report import (
     AutoHookCheckError,
     AutoHookReport,
@@ -63,6 +63,16 @@ def check_auto_hook(
     results: list[CheckResult] = []
     try:
         baseline = make_baseline(subject)
+    except ModelRaises as error:
+        why = _describe(error.__cause__)  # type: ignore[arg-type]
+        results.append(
+            CheckResult(
+                "runs",
+                Status.FAIL,
+                f"the un-hooked model raises on these inputs, so nothing can be checked; "
+                f"fix the inputs (input_args=, input_kwargs=): {why}",
+            )  # fmt: skip
+        )
     except Exception as error:
         results.append(
             CheckResult(
