@@ -16,8 +16,11 @@ taken away and the original class is restored.
 
 from __future__ import annotations
 
+import copy
+import copyreg
 import functools
 import logging
+import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -206,6 +209,50 @@ class HookedModule:
             self.__class__ = hooked_class  # _detach restored the original class
             _attach(self, HookCore(self, core.inputs, core.leaves))  # type: ignore[arg-type]
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickle (``torch.save(model)``, ``pickle.dumps``) an instance hooked by
+        ``auto_hook(model)`` as its original class plus its state: the composed class
+        cannot be found by name, so loading composes it again and the model comes back
+        hooked, with its sites. (Instances of an ``@auto_hook`` class pickle as that
+        class, which is found by name.)
+
+        A model that holds hooks, or that an observer is watching, is refused:
+        TransformerLens keeps each hook in a closure, which pickle cannot save.
+        """
+        core = self.__dict__.get(_CORE)
+        if core is not None and (core.hooked or core.installed_hook_count()):
+            held = list(core.hooked)[:3] or ["an observer (capture, trace, ...) is active"]
+            raise pickle.PicklingError(
+                f"cannot pickle this hooked {type(self).__name__}: hooks are in place "
+                f"({', '.join(held)}). TransformerLens keeps hooks in closures, which pickle "
+                "cannot save: call model.reset_hooks(including_permanent=True) (and leave "
+                "any observer's `with` block) before saving, and add the hooks again after "
+                "loading; or save the weights alone with model.state_dict()."
+            )
+        reduced = super().__reduce_ex__(protocol)
+        cls = type(self)
+        original = cls.__dict__.get("__auto_hook_original__")
+        if (
+            _INSTANCE_CLASSES.get(original) is cls  # type: ignore[arg-type]
+            and isinstance(reduced, tuple)
+            and reduced[0] is copyreg.__newobj__  # type: ignore[attr-defined]
+            and reduced[1][0] is cls
+        ):
+            return (_new_hooked, (original, *reduced[1][1:]), *reduced[2:])
+        return reduced
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        """``copy.deepcopy``: what Python's default does, hooks included (a deep copy
+        shares the hook functions), without the pickling path's refusal of hooks."""
+        own = getattr(super(), "__deepcopy__", None)
+        if own is not None:  # the model's class copies itself
+            return own(memo)
+        cls = type(self)
+        copied = cls.__new__(cls)
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return copied
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # A user subclass of a decorated class: attach once the outermost __init__ is done.
@@ -286,11 +333,10 @@ def unwrap(model: M) -> M:
 def _attach(model: nn.Module, core: HookCore) -> None:
     state = model.__dict__
     saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
+    # The handles themselves (not their ids): copied with the model by deepcopy and
+    # pickle, they still say which hooks were there before auto_hook.
     hand_placed = {
-        site.name: (
-            site.hook_point.name,
-            {id(h) for h in site.hook_point.fwd_hooks + site.hook_point.bwd_hooks},
-        )
+        site.name: (site.hook_point.name, [*site.hook_point.fwd_hooks, *site.hook_point.bwd_hooks])
         for site in core.sites.values()
         if site.kind is SiteKind.HOOK_POINT
     }
@@ -322,7 +368,7 @@ def _detach(model: nn.Module) -> None:
         for name, (old_name, kept) in hand_placed.items():
             hook_point = core.sites[name].hook_point
             for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):
-                for handle in [h for h in handles if id(h) not in kept]:
+                for handle in [h for h in handles if not any(h is k for k in kept)]:
                     handle.hook.remove()
                     handles.remove(handle)
             hook_point.name = old_name
@@ -357,6 +403,13 @@ def _instance_class(original: type[nn.Module]) -> type[Any]:
     if composed is None:
         composed = _INSTANCE_CLASSES.setdefault(original, _compose(original, {}))
     return composed
+
+
+def _new_hooked(original: type[nn.Module], *args: Any) -> Any:
+    """Unpickling: a new, empty instance of the class auto_hook composes for ``original``
+    (its state, the hook core included, is set next by ``__setstate__``)."""
+    cls = _instance_class(original)
+    return cls.__new__(cls, *args)
 
 
 def _decorated_class(original: type[M], inputs: bool = False, leaves: bool = False) -> type[M]:

@@ -13,11 +13,12 @@ masked row into NaN is the producer of that NaN. (A module given NaN that makes 
 NaN is not found: its inputs already held the kind it produced.) Modules are checked
 in execution order, so the innermost producer is found first; the forward reports the
 first producer of NaN and the first producer of Inf (a module building a ``-inf`` mask
-from a boolean one is an Inf producer, and must not hide the NaN made later). In the backward pass the same is asked
-of gradients: the first module whose input gradient is non-finite while the gradient of
-its output was finite (seen through tensor hooks on its inputs and outputs; where a
-tensor feeds several modules, its gradient is their sum). Integer and non-tensor values
-are skipped.
+from a boolean one is an Inf producer, and must not hide the NaN made later).
+
+In the backward pass the same is asked of gradients: the first module whose input
+gradient is non-finite while the gradient of its output was finite (seen through
+tensor hooks on its inputs and outputs; where a tensor feeds several modules, its
+gradient is their sum). Integer and non-tensor values are skipped.
 """
 
 from __future__ import annotations
