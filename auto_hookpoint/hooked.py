@@ -35,7 +35,16 @@ from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
-from auto_hookpoint.errors import UnknownHookNameError
+from auto_hookpoint.errors import NameClashWarning, UnknownHookNameError
+from auto_hookpoint.name_clashes import (
+    ModelFirst,
+    added_methods,
+    class_clashes,
+    how_to_reach,
+    instance_clashes,
+    raw_attribute,
+    refuse_stored_name_clashes,
+)
 from auto_hookpoint.scoped_hooks import scoped_hooks
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
@@ -72,8 +81,13 @@ class _Unwrap:
 
     def __get__(self, obj: Any, owner: type) -> Callable[[], Any]:
         if obj is None:
-            return lambda: owner.__dict__.get("__auto_hook_original__", owner)
+            return functools.partial(original_class, owner)
         return functools.partial(unwrap, obj)
+
+
+def original_class(cls: type) -> type:
+    """The class ``@auto_hook`` decorated (``cls`` itself when it is not a decorated one)."""
+    return cls.__dict__.get("__auto_hook_original__", cls)  # type: ignore[no-any-return]
 
 
 class HookedModule:
@@ -108,7 +122,8 @@ class HookedModule:
                 "WARNING: Hooks will be reset at the end of run_with_hooks. This removes "
                 "the backward hooks before a backward pass can occur."
             )
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+        # HookedModule.hooks, not self.hooks: the model may have a hooks() of its own.
+        with HookedModule.hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
 
     def hooks(
@@ -145,10 +160,13 @@ class HookedModule:
         core = core_of(self)
         names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
         if incl_bwd or not reset_hooks_end:
-            return super().run_with_cache(  # type: ignore[misc, no-any-return]
+            # HookedRootModule's, named: super() could reach a run_with_cache of the
+            # model's own class, which stands after HookedModule.
+            return HookedRootModule.run_with_cache(  # type: ignore[no-any-return]
+                self,  # type: ignore[arg-type]
                 *model_args,
                 names_filter=names,
-                device=device,
+                device=device,  # type: ignore[arg-type]
                 remove_batch_dim=remove_batch_dim,
                 incl_bwd=incl_bwd,
                 reset_hooks_end=reset_hooks_end,
@@ -167,7 +185,7 @@ class HookedModule:
             )
         finally:
             if clear_contexts:
-                self.clear_contexts()  # type: ignore[attr-defined]
+                HookedRootModule.clear_contexts(self)  # type: ignore[arg-type]
 
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
@@ -250,15 +268,27 @@ class HookedModule:
         cls = type(self)
         copied = cls.__new__(cls)
         memo[id(self)] = copied
-        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # type: ignore[attr-defined]
         return copied
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A user subclass of a decorated class: attach once the outermost __init__ is done.
+        if cls.__dict__.get("__auto_hook_composed__"):
+            return  # a class auto_hook composes, not a user subclass
+        # A user subclass of a decorated class: its own names follow the name-clash
+        # rule (hooked.name_clashes), and it is hooked once the outermost __init__ is done.
+        refuse_stored_name_clashes(cls)
+        _warn_name_clashes(
+            cls.__qualname__, {n: f"{cls.__qualname__} defines it" for n in vars(cls) if n in ADDED}
+        )
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_auto_hook_attaches", False):
             setattr(cls, "__init__", _attach_after(init))  # noqa: B010
+
+
+# Every method name a hooked model gains, with our attribute, and whose it is.
+ADDED: dict[str, Any] = added_methods(HookedModule)
+_OWNER = {n: "HookedModule" if n in vars(HookedModule) else "HookedRootModule" for n in ADDED}
 
 
 @overload
@@ -293,6 +323,9 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
         if issubclass(target, HookedModule):
             warnings.warn(f"{target.__qualname__} is already auto_hooked", stacklevel=2)
             return target
+        if issubclass(target, torch.jit.ScriptModule):
+            what = f"{target.__qualname__} is a TorchScript class"
+            raise TypeError(_TORCHSCRIPT.format(what=what))
         return _decorated_class(target, inputs, leaves)
     if isinstance(target, HookedModule):
         warnings.warn(f"this {type(target).__name__} is already auto_hooked", stacklevel=2)
@@ -302,15 +335,62 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
             f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
             f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
         )
-    core = HookCore(target, inputs, leaves)  # may raise; nothing on the model has changed yet
+    # Refusals and HookCore may raise; nothing on the model has changed before them.
     original = type(target)
+    _refuse_torchscript(target)
+    refuse_stored_name_clashes(original, target)
+    core = HookCore(target, inputs, leaves)
     target.__class__ = _instance_class(original)
     try:
         _attach(target, core)
     except BaseException:
         _detach(target)
         raise
+    clashes = {**type(target).__dict__["__auto_hook_clashes__"], **_instance_clashes(target)}
+    _warn_name_clashes(original.__qualname__, clashes)
     return target
+
+
+_TORCHSCRIPT = (
+    "auto_hook cannot hook TorchScript: {what} (a torch.jit.script or torch.jit.trace "
+    "result), and TorchScript modules take no Python hooks. Pass auto_hook the original "
+    "nn.Module instead (before torch.jit.script/trace); to compile a hooked model, use "
+    "torch.compile."
+)
+
+
+def _refuse_torchscript(model: nn.Module) -> None:
+    for path, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            what = f"the submodule {path!r} is" if path else "this model is"
+            raise TypeError(_TORCHSCRIPT.format(what=f"{what} a {type(module).__name__}"))
+
+
+def _instance_clashes(model: nn.Module) -> dict[str, str]:
+    return {
+        name: "a submodule, parameter, buffer or attribute of the instance"
+        for name in instance_clashes(model, ADDED)
+    }
+
+
+def _warn_name_clashes(model_class: str, clashes: dict[str, str]) -> None:
+    """Say which of the model's own attributes stand in front of ours, and how to reach
+    ours (see auto_hookpoint.name_clashes)."""
+    if not clashes:
+        return
+    listed = "; ".join(
+        f"{name} ({where}; auto_hookpoint's: {how_to_reach(name, _OWNER[name])})"
+        for name, where in clashes.items()
+    )
+    warnings.warn(
+        NameClashWarning(
+            f"{model_class} has its own attributes under names a hooked model gains: "
+            f"{listed}. The model's own are kept, so model.<name> is yours (and so is what "
+            "TransformerLens or sae_lens code calling that name gets); auto_hookpoint's own "
+            "stay reachable as shown."
+        ),
+        stacklevel=3,
+    )
 
 
 def unwrap(model: M) -> M:
@@ -379,15 +459,26 @@ def _detach(model: nn.Module) -> None:
 
 
 def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:
+    """The class of a hooked ``original``: HookedModule, then ``original``, then
+    HookedRootModule. Of every method name a hooked model gains, the model's own class
+    keeps its own; the others stand aside for the instance's submodules, parameters and
+    buffers of that name (auto_hookpoint.name_clashes)."""
+    refuse_stored_name_clashes(original)
     bases: tuple[type, ...] = (HookedModule, original)
     if not issubclass(original, HookedRootModule):
         bases += (HookedRootModule,)
+    clashes = class_clashes(original, ADDED)
+    for name, ours in ADDED.items():
+        theirs = clashes.get(name)
+        namespace[name] = raw_attribute(theirs, name) if theirs else ModelFirst(name, ours)
     namespace = {
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
         "__doc__": original.__doc__,
         "__auto_hook_original__": original,
         "__auto_hook_composed__": True,
+        # name -> where the model's own comes from, for the NameClashWarning
+        "__auto_hook_clashes__": {n: f"{c.__qualname__} defines it" for n, c in clashes.items()},
         **namespace,
     }
     metaclass: Any = type(original)  # the original's metaclass, whatever it is
@@ -419,6 +510,7 @@ def _decorated_class(original: type[M], inputs: bool = False, leaves: bool = Fal
     functools.update_wrapper(init, original.__init__)
     options = {"__init__": _attach_after(init), "__auto_hook_options__": (inputs, leaves)}
     hooked = _compose(original, options)
+    _warn_name_clashes(original.__qualname__, hooked.__auto_hook_clashes__)
     return hooked
 
 
@@ -438,7 +530,10 @@ def _attach_after(init: Callable[..., None]) -> Callable[..., None]:
                 self.__dict__.pop(_INIT_DEPTH, None)
         if not depth:
             options = getattr(type(self), "__auto_hook_options__", (False, False))
+            _refuse_torchscript(self)
+            refuse_stored_name_clashes(type(self), self)
             _attach(self, HookCore(self, *options))
+            _warn_name_clashes(type(self).__qualname__, _instance_clashes(self))
 
     __init__._auto_hook_attaches = True  # type: ignore[attr-defined]
     return __init__

@@ -4,11 +4,13 @@ CheckResult; an exception inside a check is reported as that check's failure."""
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.check.compare import first_difference, outputs_equal
 from auto_hookpoint.check.report import CheckResult, Status
@@ -17,7 +19,7 @@ from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
-from auto_hookpoint.hooked import auto_hook
+from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
 from auto_hookpoint.site_report import SiteRecord, SiteStatus, describe_sites
 
 
@@ -87,7 +89,7 @@ def _reach(subject: Subject, base: Baseline) -> None:
             return tensor * 1
         return tensor.detach().requires_grad_() * 1
 
-    with model.hooks(fwd_hooks=[(lambda n: n in names, re_emit)]):
+    with HookedModule.hooks(model, fwd_hooks=[(lambda n: n in names, re_emit)]):
         with core_of(model).observing(keep, names):
             output = subject.run(model, grad=True)
     loss = subject.loss(output)
@@ -98,6 +100,12 @@ def _reach(subject: Subject, base: Baseline) -> None:
     base.reaching = {n for n, g in zip(kept, grads, strict=True) if g is not None}
     base.unreached = set(kept) - base.reaching
     base.sensitive = {n for n, g in zip(kept, grads, strict=True) if g is not None and g.any()}
+
+
+def _method(model: Any, name: str) -> Callable[..., Any]:
+    """auto_hookpoint's own ``name`` bound to ``model``, whatever the model's class
+    defines under that name (a Lightning module has its own ``setup``, ...)."""
+    return functools.partial(getattr(HookedModule, name), model)
 
 
 def _result(name: str, failures: dict[str, Any], notes: dict[str, Any], ok: str) -> CheckResult:
@@ -138,7 +146,7 @@ def identity_hooks_identical(subject: Subject, base: Baseline) -> CheckResult:
     """A hook returning a copy of its tensor on every site exercises the replace path."""
     model = subject.hooked()
     out = subject.call(
-        model.run_with_hooks, fwd_hooks=[(lambda n: True, lambda t, hook: t.clone())]
+        _method(model, "run_with_hooks"), fwd_hooks=[(lambda n: True, lambda t, hook: t.clone())]
     )
     difference = first_difference(base.expected, out)
     if difference is None:
@@ -172,7 +180,7 @@ def sites_fire(subject: Subject, base: Baseline) -> CheckResult:
 
 def cache_complete(subject: Subject, base: Baseline) -> CheckResult:
     fired = base.fired()
-    _, cache = subject.call(subject.hooked().run_with_cache)
+    _, cache = subject.call(_method(subject.hooked(), "run_with_cache"))
     failures: dict[str, str] = {}
     for name, record in fired.items():
         if name not in cache:
@@ -203,12 +211,11 @@ def edits_change_output(subject: Subject, base: Baseline, sample: int) -> CheckR
         noise = torch.randn(t.shape, generator=generator, dtype=torch.float32)
         return t + noise.to(t.device, t.dtype) * (t.detach().abs().mean() + 1)
 
+    run_with_hooks = _method(model, "run_with_hooks")
     unchanged = [
         name
         for name in chosen
-        if outputs_equal(
-            base.expected, subject.call(model.run_with_hooks, fwd_hooks=[(name, perturb)])
-        )
+        if outputs_equal(base.expected, subject.call(run_with_hooks, fwd_hooks=[(name, perturb)]))
     ]
     # Only where autograd shows that the output depends on the site is an edit without
     # effect a failure (its hook's result was not used); elsewhere it is worth a note.
@@ -247,7 +254,7 @@ def backward_hooks_fire(subject: Subject, base: Baseline) -> CheckResult:
     seen: set[str] = set()
     with_grad = _Keep()  # the sites whose tensor requires grad in the model as it is
     record: Callable[[torch.Tensor, Any], None] = lambda g, hook: seen.add(hook.name)  # noqa: E731
-    with model.hooks(bwd_hooks=[(lambda n: n in base.reaching, record)]):
+    with HookedModule.hooks(model, bwd_hooks=[(lambda n: n in base.reaching, record)]):
         with core_of(model).observing(with_grad, base.reaching):
             loss = subject.loss(subject.run(model, grad=True))
         in_loss = base.reaching & set(with_grad.tensors)
@@ -273,10 +280,10 @@ def unwrap_restores(subject: Subject, base: Baseline) -> CheckResult:
     plain = subject.plain()
     model = subject.hooked()
     first = next(iter(base.fired()), "hook_point")
-    model.add_perma_hook(first, lambda t, hook: t)
-    model.add_hook(first, lambda t, hook: t, dir="bwd")
-    subject.call(model.run_with_cache)
-    restored = model.unwrap()
+    HookedRootModule.add_perma_hook(model, first, lambda t, hook: t)
+    HookedRootModule.add_hook(model, first, lambda t, hook: t, dir="bwd")
+    subject.call(_method(model, "run_with_cache"))
+    restored = unwrap(model)
     failures: dict[str, str] = {}
     if type(restored) is not type(plain):
         failures["class"] = f"{type(restored).__qualname__} is not the original class"
@@ -327,7 +334,7 @@ def to_dtype(subject: Subject, base: Baseline) -> CheckResult:
     failures: dict[str, str] = {}
     if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
         failures["parameters"] = "not all floating parameters converted"
-    out, cache = wide.call(model.run_with_cache)
+    out, cache = wide.call(_method(model, "run_with_cache"))
     difference = first_difference(plain.output, out)
     if difference is not None:
         failures["output"] = f"hooked float64 output differs from the un-hooked one: {difference}"
@@ -360,7 +367,7 @@ def deepcopy_independent(subject: Subject, base: Baseline) -> CheckResult:
         notes["hooks"] = "no site fires on these inputs, so no hook on the copy can be tried"
     else:
         fired: list[str] = []
-        clone.add_hook(site, lambda t, hook: fired.append("copy"))
+        HookedRootModule.add_hook(clone, site, lambda t, hook: fired.append("copy"))
         subject.run(model)
         if fired:
             failures["independence"] = "a hook added to the copy fired on the original"

@@ -13,7 +13,7 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.core.structure import find_primary, get_at, tensors_with_paths
-from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
+from auto_hookpoint.hooked import HookedModule, auto_hook, original_class, unwrap
 
 
 @dataclass
@@ -107,7 +107,7 @@ def make_subject(
     if isinstance(target, type):
         if not issubclass(target, nn.Module):
             raise TypeError(f"check_auto_hook takes an nn.Module class or instance, not {target!r}")
-        original = target.unwrap() if issubclass(target, HookedModule) else target
+        original = original_class(target)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             template = original(**init_kwargs)
