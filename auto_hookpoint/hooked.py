@@ -135,6 +135,9 @@ class HookedModule:
     ) -> Any:
         """TransformerLens' ``hooks()`` context manager, with hooks that belong to the
         thread or task that added them; see :mod:`auto_hookpoint.scoped_hooks`."""
+        core_of(self, "hooks()")  # a TypeError naming the fix on a model that is not hooked
+        for argument, specs in (("fwd_hooks", fwd_hooks), ("bwd_hooks", bwd_hooks)):
+            _check_hook_specs(argument, specs)
         return scoped_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
     def run_with_cache(
@@ -286,6 +289,22 @@ class HookedModule:
             setattr(cls, "__init__", _attach_after(init))  # noqa: B010
 
 
+def _check_hook_specs(argument: str, specs: Any) -> None:
+    """``fwd_hooks``/``bwd_hooks`` are a list of (site name or name predicate, hook) pairs."""
+    shape = f"{argument} is a list of (site name, hook) pairs, e.g. [('layers.0.hook_point', fn)]"
+    if isinstance(specs, (str, Mapping)) or not isinstance(specs, (list, tuple)):
+        raise TypeError(f"{shape}; got a {type(specs).__name__}")
+    for spec in specs:
+        if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
+            raise TypeError(f"{shape}; got the entry {spec!r}")
+        name, hook = spec
+        if not (isinstance(name, str) or callable(name)):
+            raise TypeError(f"{shape}: the name in {spec!r} is neither a string nor a predicate")
+        if not callable(hook):
+            what = type(hook).__name__
+            raise TypeError(f"{shape}: the hook for {name!r} is a {what}, not a function")
+
+
 # Every method name a hooked model gains, with our attribute, and whose it is.
 ADDED: dict[str, Any] = added_methods(HookedModule)
 _OWNER = {n: "HookedModule" if n in vars(HookedModule) else "HookedRootModule" for n in ADDED}
@@ -312,6 +331,9 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
     ``@auto_hook(inputs=True)`` works as a decorator. Applying it to something already
     hooked warns and returns it unchanged.
     """
+    for option, value in (("inputs", inputs), ("leaves", leaves)):
+        if not isinstance(value, bool):
+            raise TypeError(f"auto_hook's {option}= is True or False, not {value!r}")
     if target is None:
         return functools.partial(auto_hook, inputs=inputs, leaves=leaves)
     if isinstance(target, type):
