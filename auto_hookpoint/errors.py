@@ -61,3 +61,20 @@ class NameClashError(AutoHookError, TypeError):
 class NameClashWarning(UserWarning):
     """The model has its own attribute under a name a hooked model gains (``setup``,
     ``hooks``, ...): the model's own is kept; the message says how to reach ours."""
+
+
+class SplitServerError(AutoHookError, RuntimeError):
+    """The split server refused a request (4xx) or failed computing it (5xx).
+
+    ``status`` is the HTTP status, ``kind`` the server's short name for the problem
+    (``"wrong_model"``, ``"too_large"``, ...); the message is the server's explanation.
+    """
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class SplitConnectionError(AutoHookError, ConnectionError):
+    """The split server could not be reached, or did not answer in time."""

@@ -12,6 +12,7 @@ test_every_public_name_has_a_row fails, naming it, for an exported name without 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,10 @@ from auto_hookpoint import (
     NameClashError,
     ResumeError,
     SiteKind,
+    SplitClient,
+    SplitConnectionError,
+    SplitProfile,
+    SplitServer,
     UnknownHookNameError,
     auto_hook,
     auto_hook_cases,
@@ -49,9 +54,13 @@ from auto_hookpoint import (
     describe_sites,
     find_nonfinite,
     generation_trace,
+    load_model_dir,
     memory_profile,
+    plan_split,
+    profile_split,
     resume_from,
     run_until,
+    split_server_app,
     trace,
     unwrap,
 )
@@ -177,6 +186,17 @@ CALLS: dict[str, Bad] = {
     "AutoHookReport: an unknown check name": Bad(KeyError, r"no check named 'nope'; checks: \['output_identical'", lambda: check_auto_hook(nn.Linear(8, 8), {"input": X})["nope"]),
     "auto_hook_cases: an object that is not a module": Bad(TypeError, r"takes an nn.Module class or instance, not int", lambda: auto_hook_cases(42, {})),
     "auto_hook_cases: an option check_auto_hook does not have": Bad(TypeError, r"has no option 'edit_samples'; its options are", lambda: auto_hook_cases(Nested, {"x": X}, edit_samples=3)),
+    "SplitClient: a URL that is not a string": Bad(TypeError, r"SplitClient takes the server's URL as a string, e.g. 'http://127.0.0.1:8000'; got int", lambda: SplitClient(42)),
+    "SplitClient: an unknown compression": Bad(ValueError, r"compress='zip' is not one of None, 'fp16', 'bf16', 'int8'", lambda: SplitClient("http://127.0.0.1:1", compress="zip")),
+    "SplitClient: a server that is not there": Bad(SplitConnectionError, r"cannot reach the split server at http://127.0.0.1:1 .*is `auto-hookpoint serve MODEL_DIR` running there\?", lambda: SplitClient("http://127.0.0.1:1", timeout=5).run(None, None, input_ids=torch.zeros(1, 3, dtype=torch.long))),
+    "SplitClient: an edge model that is not hooked": Bad(TypeError, NOT_HOOKED, lambda: SplitClient("http://127.0.0.1:1").run(plain(), SITE, X)),
+    "split_server_app: an object that is not a module": Bad(TypeError, r"auto_hook takes an nn.Module instance", lambda: split_server_app(42)),
+    "SplitServer: an object that is not a module": Bad(TypeError, r"auto_hook takes an nn.Module instance", lambda: SplitServer(42)),
+    "load_model_dir: a folder that is not a model": Bad(FileNotFoundError, r"/nonexistent is not a HuggingFace model folder \(no config.json\); save one with model.save_pretrained", lambda: load_model_dir("/nonexistent")),
+    "profile_split: no measured forward": Bad(ValueError, r"repeats=0: at least one measured forward is needed", lambda: profile_split(stack(), X, repeats=0)),
+    "profile_split: a model without a stack of blocks": Bad(ValueError, r"Linear has no ModuleList or Sequential of blocks", lambda: profile_split(auto_hook(nn.Linear(8, 8)), X)),
+    "SplitProfile: a file that is not a profile": Bad(ValueError, r"junk.safetensors is not a split profile \(not JSON", lambda: SplitProfile.load(junk_file())),
+    "plan_split: something that is not a profile": Bad(TypeError, r"plan_split takes SplitProfiles, from profile_split\(model, ...\) or SplitProfile.load\(path\); got int", lambda: plan_split(42, bandwidth="1Mbit", rtt="1ms")),
 }  # fmt: skip
 
 # Exported names that take no input of their own: exceptions, warnings and records.
@@ -185,7 +205,11 @@ NOT_CALLED: dict[str, str] = {
     for name in auto_hookpoint.__all__
     if isinstance(getattr(auto_hookpoint, name), type)
     and issubclass(getattr(auto_hookpoint, name), (BaseException, Warning))
-} | {"Site": "a record of one site, made by auto_hook and handed out by hook_sites"}
+} | {
+    "Site": "a record of one site, made by auto_hook and handed out by hook_sites",
+    "SplitStats": "a record of one split call's costs, made by SplitClient",
+    "SplitPlan": "the result of plan_split",
+}
 
 
 def test_every_public_name_has_a_row() -> None:
@@ -247,6 +271,12 @@ CLI: dict[str, tuple[list[str], int, str]] = {
     "nonfinite: --poison names no module": (["nonfinite", "--poison", "model.layers.0.mlp.up_prj"], 1, r"^auto-hookpoint nonfinite: error: --poison 'model.layers.0.mlp.up_prj': the model has no module of that path with a weight; give the path of one that has, such as 'model.layers.0.mlp.up_proj'"),
     "nonfinite: a folder that does not exist": (["nonfinite", NO_FOLDER], 2, r"argument model_dir: /nonexistent/model is not a HuggingFace model folder"),
     "split: an unknown option": (["split", "--depth"], 2, r"unrecognized arguments: --depth$"),
+    "serve: a port out of range": (["serve", "--port", "70000"], 2, r"argument --port: 70000 is not a port: give 1 to 65535, or 0 \(any\)"),
+    "serve: a port already taken": (["serve", "--port", "<taken>"], 1, r"^auto-hookpoint serve: error: cannot listen on 127.0.0.1:\d+ \(.*\): give an address of this machine and a free port \(--port 0 picks one\)$"),
+    "serve: a folder whose model does not load": (["serve", _folder_without_weights()], 1, r"^auto-hookpoint serve: error: could not load the model in"),
+    "plan: no measured forward": (["plan", "--repeats", "0"], 2, r"argument --repeats: 0 is too small: give a whole number >= 1"),
+    "plan: a bandwidth it cannot read": (["plan", "--bandwidth", "fast"], 1, r"^auto-hookpoint plan: bandwidth 'fast' is not understood"),
+    "plan: a chart in a folder that does not exist": (["plan", "--chart", "/nonexistent/plan.png"], 2, r"argument --chart: /nonexistent/plan.png is in /nonexistent, which does not exist"),
 }  # fmt: skip
 
 
@@ -262,10 +292,17 @@ def test_bad_cli_input_is_one_line_and_an_exit_status(
     case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv, status, says = CLI[case]
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse
-        code = exit.code
+    with socket.socket() as taken:  # a port in use, for the rows that ask for one
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = [str(taken.getsockname()[1]) if a == "<taken>" else a for a in argv]
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse, or a command's own one-line exit
+            code = exit.code
+            if isinstance(code, str):  # what the interpreter does with SystemExit("...")
+                print(code, file=sys.stderr)
+                code = 1
     err = capsys.readouterr().err
     assert code == status, err
     assert "Traceback" not in err

@@ -26,10 +26,10 @@ def load_causal_lm(model_dir: Path | None) -> tuple[Any, Any, str]:
     try:
         return load(model_dir)
     except (OSError, ValueError, KeyError) as error:
-        raise CommandError(_not_loadable(model_dir, error, causal=True)) from error
+        raise CommandError(not_loadable(model_dir, error, causal=True)) from error
 
 
-def _not_loadable(model_dir: Path | None, error: BaseException, causal: bool) -> str:
+def not_loadable(model_dir: Path | None, error: BaseException, causal: bool) -> str:
     model_type = _model_type(model_dir)
     if causal and model_type and "Unrecognized configuration class" in str(error):
         return (
@@ -65,5 +65,5 @@ def load_any_model(model_dir: Path) -> tuple[Any, Any, str]:
         model = auto_class.from_pretrained(model_dir, local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise CommandError(_not_loadable(model_dir, error, causal=False)) from error
+        raise CommandError(not_loadable(model_dir, error, causal=False)) from error
     return model, tokenizer, f"{type(model).__name__} from {model_dir}"
