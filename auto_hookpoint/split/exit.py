@@ -61,6 +61,8 @@ def run_until(
     forward ends without ``site`` firing.
     """
     core = core_of(model, "run_until")
+    if isinstance(bank, str):  # one name, not its characters
+        bank = [bank]
     observer = SplitObserver(site, bank)
     for name in observer.watched:
         if name not in core.sites:

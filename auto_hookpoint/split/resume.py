@@ -35,6 +35,11 @@ def resume_from(
 ) -> Any:
     """Finish ``model(*args, **kwargs)`` from ``activation``, the output of block ``site``."""
     core = core_of(model, "resume_from")
+    if not isinstance(activation, (torch.Tensor, EarlyOutput)):
+        raise TypeError(
+            "resume_from takes the activation as a tensor or an EarlyOutput (from run_until, "
+            f"or EarlyOutput.load(path) for a saved one); got {type(activation).__name__}"
+        )
     if isinstance(activation, EarlyOutput):
         activation.check_belongs_to(model)
         if activation.site != site:
