@@ -23,7 +23,7 @@ from dispatched import (
     dispatched,
 )
 from dispatched import inputs as make_inputs
-from torch.nn.modules.module import register_module_forward_hook
+from test_split import CalledModules
 
 from auto_hookpoint import (
     EarlyOutput,
@@ -123,21 +123,6 @@ def test_backward_hooks_fire_with_the_plain_models_gradients(family: str, tmp_pa
             m(ids, labels=ids).loss.backward()
     assert grads.keys() == {"dispatched", "plain"}
     assert torch.equal(grads["dispatched"], grads["plain"])
-
-
-class CalledModules:
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.paths = {id(m): p for p, m in model.named_modules()}
-        self.called: set[str] = set()
-
-    def __enter__(self) -> set[str]:
-        self.handle = register_module_forward_hook(
-            lambda m, i, o: self.called.add(self.paths.get(id(m), "?"))
-        )
-        return self.called
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
 
 
 @pytest.mark.parametrize("placement", ["disk", "cpu_offload"])
@@ -292,35 +277,38 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_one_gpu_with_cpu_and_disk_offload(family: str, tmp_path: Path) -> None:
     f = FAMILIES[family]
-    placement = {**device_map(family, disk=(2,)), f"{f.stack}.0": 0, f"{f.stack}.3": 0, f.embed: 0}
-    plain = build(family)
-    model = dispatch_model(build(family), placement, offload_dir=tmp_path / "offload")
-    hooked = auto_hook(model)
+    on_gpu = {f"{f.stack}.0": 0, f"{f.stack}.3": 0, f.embed: 0, "lm_head": 0}
+    model = dispatch_model(
+        build(family), {**device_map(family, disk=(2,)), **on_gpu}, offload_dir=tmp_path / "off"
+    )  # block 1 offloaded to CPU RAM, block 2 to disk; all compute on cuda:0
     ids = make_inputs()
     with torch.no_grad():
-        expected = model(ids).logits  # on the GPU, the oracle is the dispatched model itself
+        expected = model(ids).logits  # the oracle on a GPU: the dispatched model, un-hooked
+        hooked = auto_hook(model)
         out, cache = hooked.run_with_cache(ids, device="cpu")
         assert torch.equal(out.logits, expected)
         assert {v.device.type for v in cache.values()} == {"cpu"}
-        _, on_gpu = hooked.run_with_cache(ids, names_filter=f"{f.stack}.0.hook_point")
-        assert on_gpu[f"{f.stack}.0.hook_point"].device.type == "cuda"
+        _, kept = hooked.run_with_cache(ids, names_filter=f"{f.stack}.1.hook_point")
+        assert kept[f"{f.stack}.1.hook_point"].device.type == "cuda"
         for k in range(LAYERS):
             site = f"{f.stack}.{k}.hook_point"
             early = hooked.run_until(site, ids)
+            assert early.device.type == "cuda"
             assert torch.equal(hooked.resume_from(site, early, ids).logits, expected)
             moved = EarlyOutput.load(_saved(early, tmp_path), device="cpu")
-            if early.device.type == "cuda":
-                with pytest.raises(ResumeError, match="device differs"):
-                    hooked.resume_from(site, moved, ids)
-            assert torch.equal(
-                hooked.resume_from(site, moved.to(early.device), ids).logits, expected
-            )
-        edited = hooked.run_with_hooks(ids, fwd_hooks=[(f.param_site, lambda w, hook: w * 2)])
-        oracle = auto_hook(plain.to("cuda"))
-        wanted = oracle.run_with_hooks(
-            ids.cuda(), fwd_hooks=[(f.param_site, lambda w, hook: w * 2)]
-        )
-    torch.testing.assert_close(edited.logits, wanted.logits.to(edited.logits.device))
+            with pytest.raises(ResumeError, match="device differs"):
+                hooked.resume_from(site, moved, ids)
+            again = hooked.resume_from(site, moved.to(early.device), ids)
+            assert torch.equal(again.logits, expected)
+        seen: list[torch.device] = []
+        double = [(f.param_site, lambda w, hook: seen.append(w.device) or w * 2)]
+        edited = hooked.run_with_hooks(ids, fwd_hooks=double).logits
+        oracle = auto_hook(build(family).to("cuda"))
+        wanted = oracle.run_with_hooks(ids.cuda(), fwd_hooks=double).logits
+    assert seen[0].type == "cuda"  # block 1 rests in CPU RAM; its weight was loaded to the GPU
+    torch.testing.assert_close(edited, wanted.cpu())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected)
 
 
 def _saved(early: EarlyOutput, folder: Path) -> Path:

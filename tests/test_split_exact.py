@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from hf_models import ARCHS
+from plain_models import Residual
 from torch import nn
 
 from auto_hookpoint import EarlyOutput, ResumeError, auto_hook, capture
@@ -143,15 +144,6 @@ def test_mismatched_activations_are_refused_saying_which() -> None:
         assert torch.equal(
             model.resume_from(site, positional, input_ids=ids, attention_mask=mask).logits, expected
         )
-
-
-class Residual(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.lin(x))
 
 
 class EveryBlockOut(nn.Module):
