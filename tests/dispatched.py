@@ -51,8 +51,14 @@ FAMILIES = {
     ),
     "gpt2": Family(
         lambda: tf.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=4, n_positions=64
-        ),
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=LAYERS,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=VOCAB - 1,
+            eos_token_id=VOCAB - 1,
+        ),  # fmt: skip
         "transformer.wte",
         "transformer.h",
         ("transformer.wte", "transformer.wpe", "transformer.drop", "transformer.ln_f", "lm_head"),

@@ -125,6 +125,20 @@ def test_backward_hooks_fire_with_the_plain_models_gradients(family: str, tmp_pa
     assert torch.equal(grads["dispatched"], grads["plain"])
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_generate_with_a_parameter_hook_and_a_capture(family: str, tmp_path: Path) -> None:
+    model, plain = dispatched(family, "disk", tmp_path)
+    site, layer = FAMILIES[family].param_site, f"{FAMILIES[family].stack}.2.hook_point"
+    results = []
+    for m in (auto_hook(model), auto_hook(plain)):
+        hooks = [(site, lambda w, hook: w * 1.5)]
+        with capture(m, layer, append=True) as acts, m.hooks(fwd_hooks=hooks):
+            tokens = m.generate(make_inputs(), max_new_tokens=4, do_sample=False)
+        results.append((tokens, acts.cat(layer)))
+    (tokens, acts), (wanted_tokens, wanted_acts) = results
+    assert torch.equal(tokens, wanted_tokens) and torch.equal(acts, wanted_acts)
+
+
 @pytest.mark.parametrize("placement", ["disk", "cpu_offload"])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_split_at_every_block_of_a_dispatched_model(

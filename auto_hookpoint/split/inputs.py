@@ -11,6 +11,7 @@ other still matches; values are not compared.
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
 from auto_hookpoint.core.structure import tensors_with_paths
@@ -18,11 +19,26 @@ from auto_hookpoint.core.structure import tensors_with_paths
 Shapes = dict[str, list[int]]
 
 
+_SIGNATURES: weakref.WeakKeyDictionary[type, inspect.Signature] = weakref.WeakKeyDictionary()
+
+
+def _forward_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls.forward`` without ``self`` (kept per class: it costs more than
+    a small forward), the same for every instance, also when accelerate wraps an
+    instance's forward (it keeps the signature)."""
+    signature = _SIGNATURES.get(cls)
+    if signature is None:
+        full = inspect.signature(cls.forward)  # type: ignore[attr-defined]
+        signature = full.replace(parameters=list(full.parameters.values())[1:])
+        _SIGNATURES[cls] = signature
+    return signature
+
+
 def _named(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     if not args:
         return dict(kwargs)
     try:
-        signature = inspect.signature(model.forward)
+        signature = _forward_signature(type(model))
         bound = signature.bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
         return {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}

@@ -164,8 +164,9 @@ class _Plan:
         holding anything computed from one."""
         if self._placeholder is None:
             fill = float("nan") if self.activation.is_floating_point() else 0
-            self._placeholder = torch.full_like(self.activation, fill).as_subclass(NotComputed)
-        return self._placeholder.view_as(self._placeholder)
+            self._placeholder = torch.full_like(self.activation, fill)
+        view = self._placeholder.view_as(self._placeholder)  # a plain view: no dispatch
+        return view.as_subclass(NotComputed)
 
     def _check_stack_input(self, received: Any) -> None:
         """A raw tensor (no record of its inputs): its batch size must be the stack's."""
@@ -186,7 +187,8 @@ class _Plan:
     def exact_output(self, output: Any, stack_path: str) -> Any:
         """``output``, refused if it holds a value only a skipped block could give, with
         HuggingFace caches (incomplete: blocks 0..k computed no keys or values) dropped."""
-        for path, tensor in tensors_with_paths(output):
+        answered_unknown = any(isinstance(self.answered[i], NotComputed) for i in self.unbanked)
+        for path, tensor in tensors_with_paths(output) if answered_unknown else ():
             if isinstance(tensor, NotComputed):
                 raise ResumeError(
                     f"the output holds, at {path or 'its root'}, a value computed from the "
