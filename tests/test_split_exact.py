@@ -114,6 +114,8 @@ def test_values_of_skipped_blocks_are_refused_before_anything_runs(arch: str) ->
     model.config.output_hidden_states = True  # asked by the config, not the call
     with pytest.raises(ResumeError, match="hidden_states"):
         model.resume_from(site, early, **inputs)
+    with pytest.raises(ResumeError, match=r"at \[2\]\[1\], a value computed from .* block"):
+        model.resume_from(site, early, **inputs, return_dict=False)  # a tuple: found anyway
     model.config.output_hidden_states = False
     assert_clean(model)
     with torch.no_grad():

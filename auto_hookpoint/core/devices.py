@@ -13,7 +13,6 @@ importing accelerate, so the core stays free of the dependency:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +48,18 @@ def _hook_device(module: nn.Module) -> torch.device | None:
     return None
 
 
+def tensors_of(module: nn.Module, buffers: bool = True) -> Iterator[torch.Tensor]:
+    """The parameters (and buffers) of ``module`` and its submodules, module by module,
+    lazily: far cheaper than ``parameters()`` when only the first few are wanted."""
+    pending = [module]
+    while pending:
+        current = pending.pop()
+        yield from (t for t in current._parameters.values() if t is not None)
+        if buffers:
+            yield from (t for t in current._buffers.values() if t is not None)
+        pending.extend(m for m in reversed(current._modules.values()) if m is not None)
+
+
 def execution_device(module: nn.Module) -> torch.device | None:
     """The device ``module``'s forward computes on, or None if it has no tensors to say.
 
@@ -59,7 +70,7 @@ def execution_device(module: nn.Module) -> torch.device | None:
     device = _hook_device(module)
     if device is not None:
         return device
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
+    for tensor in tensors_of(module):
         if tensor.device.type != "meta":
             return tensor.device
     for sub in module.modules():

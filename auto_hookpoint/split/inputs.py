@@ -19,29 +19,50 @@ from auto_hookpoint.core.structure import tensors_with_paths
 Shapes = dict[str, list[int]]
 
 
-_SIGNATURES: weakref.WeakKeyDictionary[type, inspect.Signature] = weakref.WeakKeyDictionary()
+class _Forward:
+    """What naming a forward's inputs needs of its signature, kept per class (asking
+    ``inspect`` costs more than a small forward)."""
 
-
-def _forward_signature(cls: type) -> inspect.Signature:
-    """The signature of ``cls.forward`` without ``self`` (kept per class: it costs more than
-    a small forward), the same for every instance, also when accelerate wraps an
-    instance's forward (it keeps the signature)."""
-    signature = _SIGNATURES.get(cls)
-    if signature is None:
+    def __init__(self, cls: type):
         full = inspect.signature(cls.forward)  # type: ignore[attr-defined]
-        signature = full.replace(parameters=list(full.parameters.values())[1:])
-        _SIGNATURES[cls] = signature
-    return signature
+        self.signature = full.replace(parameters=list(full.parameters.values())[1:])
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.positional: list[str] = []
+        for name, parameter in self.signature.parameters.items():
+            if parameter.kind not in kinds:
+                break
+            self.positional.append(name)
+
+
+_FORWARDS: weakref.WeakKeyDictionary[type, _Forward] = weakref.WeakKeyDictionary()
 
 
 def _named(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs by the name of the forward's parameter they bind to (the signature of the
+    model's class: accelerate's wrapped forward keeps it)."""
     if not args:
         return dict(kwargs)
     try:
-        signature = _forward_signature(type(model))
-        bound = signature.bind_partial(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        return {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+        forward = _FORWARDS.get(type(model)) or _FORWARDS.setdefault(
+            type(model), _Forward(type(model))
+        )
+    except (TypeError, ValueError):  # no signature to read
+        forward = None
+    if forward is not None and len(args) <= len(forward.positional):
+        named = dict(zip(forward.positional, args, strict=False))
+        if not named.keys() & kwargs.keys():
+            return {**named, **kwargs}
+    if forward is not None:
+        try:
+            bound = forward.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            bound = None
+        if bound is not None:
+            return _flatten(forward.signature, bound)
+    return {**{f"args[{i}]": a for i, a in enumerate(args)}, **kwargs}
+
+
+def _flatten(signature: inspect.Signature, bound: dict[str, Any]) -> dict[str, Any]:
     named: dict[str, Any] = {}
     for name, value in bound.items():
         kind = signature.parameters[name].kind

@@ -21,14 +21,17 @@ Refused, with a ResumeError that says why, before anything runs: a site that is 
 block output; an activation whose dtype, device, shape or batch size is not that of the
 block output for these inputs; ``use_cache=True``, a ``past_key_values`` to continue from,
 ``output_attentions`` or ``output_router_logits`` (values of the skipped blocks), and
-``output_hidden_states`` unless blocks ``0..k-1`` were banked. After the forward: a stack
-that does not call blocks ``0..k`` exactly once each, chaining their outputs, and any
-output that holds a value only a skipped block could have produced.
+``output_hidden_states`` unless blocks ``0..k-1`` were banked (asked in the call). After
+the forward: a stack that does not call blocks ``0..k`` exactly once each, chaining their
+outputs; any output that holds a value only a skipped block could have produced; the
+same per-layer values asked for by the model's config (an output's ``attentions``,
+``router_logits``, ``hidden_states`` fields, or the config's flags for a tuple output).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -36,7 +39,7 @@ import torch
 from torch import nn
 
 from auto_hookpoint.core.attached import core_of
-from auto_hookpoint.core.devices import execution_device
+from auto_hookpoint.core.devices import execution_device, tensors_of
 from auto_hookpoint.core.muting import muted
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.core.structure import tensors_with_paths
@@ -84,7 +87,7 @@ def resume_from(
     _check_device(blocks[index], f"{stack_path}.{index}".lstrip("."), tensor)
     recorded = early is not None and bool(early.inputs)
     plan = _Plan(blocks[: index + 1], tensor, early, core.sites, raw=not recorded)
-    _refuse_what_cannot_be_known(model, kwargs, plan, stack_path)
+    _refuse_what_cannot_be_known(kwargs, plan, stack_path)
     with _resuming(plan):
         try:
             output = model(*args, **kwargs)
@@ -102,7 +105,7 @@ def resume_from(
             f"stack {plan.calls} times instead of once each, in order, so their outputs are not "
             "simply chained"
         )
-    return plan.exact_output(output, stack_path)
+    return plan.exact_output(model, output, stack_path)
 
 
 @contextlib.contextmanager
@@ -184,25 +187,45 @@ class _Plan:
                 f"{list(received.shape)}): it was not banked for these inputs"
             )
 
-    def exact_output(self, output: Any, stack_path: str) -> Any:
+    def exact_output(self, model: Any, output: Any, stack_path: str) -> Any:
         """``output``, refused if it holds a value only a skipped block could give, with
         HuggingFace caches (incomplete: blocks 0..k computed no keys or values) dropped."""
-        answered_unknown = any(isinstance(self.answered[i], NotComputed) for i in self.unbanked)
-        for path, tensor in tensors_with_paths(output) if answered_unknown else ():
-            if isinstance(tensor, NotComputed):
+        if any(isinstance(self.answered[i], NotComputed) for i in self.unbanked):
+            for path, tensor in tensors_with_paths(output):
+                if isinstance(tensor, NotComputed):
+                    raise ResumeError(
+                        f"the output holds, at {path or 'its root'}, a value computed from the "
+                        f"output of a skipped block that was not banked (blocks {self.unbanked} "
+                        f"of {stack_path or 'the stack'}); bank them with run_until(..., "
+                        "bank=[...]) to resume exactly"
+                    )
+        if isinstance(output, MutableMapping):  # a ModelOutput: its fields say what it holds
+            caches = []
+            for key, value in output.items():
+                if value is None:
+                    continue
+                if key in _PER_LAYER_FIELDS:
+                    raise ResumeError(_per_layer_message(key, len(self.blocks) - 1))
+                if key == "hidden_states" and self.unbanked:
+                    raise ResumeError(_hidden_states_message(self, stack_path))
+                if _is_cache(value):
+                    caches.append(key)
+            for key in caches:
+                output[key] = None
+            return output
+        # A tuple (return_dict=False) does not name its items: ask the config instead.
+        config = getattr(model, "config", None)
+        for flag in _SKIPPED_VALUES:
+            if getattr(config, flag, False):
                 raise ResumeError(
-                    f"the output holds, at {path or 'its root'}, a value computed from the "
-                    f"output of a skipped block that was not banked (blocks {self.unbanked} of "
-                    f"{stack_path or 'the stack'}); bank them with run_until(..., bank=[...]) "
-                    "to resume exactly"
+                    _per_layer_message(flag.removeprefix("output_"), len(self.blocks) - 1)
                 )
-        if _is_mapping(output):
-            for field in _PER_LAYER_FIELDS:
-                if output.get(field) is not None:
-                    raise ResumeError(_per_layer_message(field, len(self.blocks) - 1))
-            if output.get("hidden_states") is not None and self.unbanked:
-                raise ResumeError(_hidden_states_message(self, stack_path))
-        return _without_caches(output)
+        if self.unbanked and getattr(config, "output_hidden_states", False):
+            raise ResumeError(_hidden_states_message(self, stack_path))
+        if isinstance(output, tuple) and any(_is_cache(item) for item in output):
+            items = [None if _is_cache(item) else item for item in output]
+            return type(output)(items) if type(output) is not tuple else tuple(items)
+        return output
 
 
 class NotComputed(torch.Tensor):
@@ -222,9 +245,7 @@ def _banked_output(early: EarlyOutput | None, block: nn.Module, sites: Any) -> t
     return None
 
 
-def _refuse_what_cannot_be_known(
-    model: Any, kwargs: dict[str, Any], plan: _Plan, stack_path: str
-) -> None:
+def _refuse_what_cannot_be_known(kwargs: dict[str, Any], plan: _Plan, stack_path: str) -> None:
     last = len(plan.blocks) - 1
     if kwargs.get("past_key_values") is not None:
         raise ResumeError(
@@ -238,13 +259,10 @@ def _refuse_what_cannot_be_known(
             "their keys and values are not known. Call without use_cache=True (the output's "
             "past_key_values is then None)."
         )
-    config = getattr(model, "config", None)
     for flag in _SKIPPED_VALUES:
-        if kwargs.get(flag, getattr(config, flag, False)):
+        if kwargs.get(flag):
             raise ResumeError(_per_layer_message(flag.removeprefix("output_"), last))
-    if plan.unbanked and kwargs.get(
-        "output_hidden_states", getattr(config, "output_hidden_states", False)
-    ):
+    if plan.unbanked and kwargs.get("output_hidden_states"):
         raise ResumeError(_hidden_states_message(plan, stack_path))
 
 
@@ -264,27 +282,30 @@ def _hidden_states_message(plan: _Plan, stack_path: str) -> str:
     )
 
 
-def _is_mapping(output: Any) -> bool:
-    return isinstance(output, MutableMapping)
-
-
 def _is_cache(value: Any) -> bool:
-    # By name, so that this module does not import transformers.
-    return any(cls.__name__ == "Cache" for cls in type(value).__mro__)
+    # By class name, so that this module does not import transformers.
+    cls = type(value)
+    known = _CACHE_CLASSES.get(cls)
+    if known is None:
+        known = _CACHE_CLASSES[cls] = any(base.__name__ == "Cache" for base in cls.__mro__)
+    return known
 
 
-def _without_caches(output: Any) -> Any:
-    if _is_mapping(output):
-        for key in [k for k in output.keys() if _is_cache(output.get(k))]:  # noqa: SIM118
-            output[key] = None
-        return output
-    if isinstance(output, tuple) and any(_is_cache(item) for item in output):
-        items = [None if _is_cache(item) else item for item in output]
-        return type(output)(items) if type(output) is not tuple else tuple(items)
-    return output
+_CACHE_CLASSES: dict[type, bool] = {}
+
+
+# The stack of each block-output site (finding it costs more than a small forward).
+_STACK_OF: weakref.WeakKeyDictionary[Site, tuple[nn.Module, str, int]] = weakref.WeakKeyDictionary()
 
 
 def _stack_and_index(model: nn.Module, site: Site) -> tuple[nn.Module, str, int]:
+    found = _STACK_OF.get(site)
+    if found is None:
+        found = _STACK_OF[site] = _find_stack(model, site)
+    return found
+
+
+def _find_stack(model: nn.Module, site: Site) -> tuple[nn.Module, str, int]:
     path = site.module_path
     parent_path, _, last = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -313,7 +334,7 @@ def _block_sites(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def _check_dtype(blocks: list[nn.Module], index: int, activation: torch.Tensor) -> None:
     block = blocks[min(index + 1, len(blocks) - 1)]
-    param = next((p for p in block.parameters() if p.is_floating_point()), None)
+    param = next((p for p in tensors_of(block, buffers=False) if p.is_floating_point()), None)
     if param is not None and activation.is_floating_point() and activation.dtype != param.dtype:
         raise ResumeError(
             f"the activation is {activation.dtype} but the blocks compute in "
