@@ -96,6 +96,26 @@ class EarlyOutput:
         return dataclasses.replace(self, activations=moved, order=list(self.order))
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a safetensors file (never pickle): :meth:`to_safetensors`'s tensors and
+        metadata."""
+        tensors, metadata = self.to_safetensors()
+        save_file(tensors, os.fspath(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EarlyOutput:
+        """Read a file written by :meth:`save`; a corrupt or foreign one: EarlyOutputError."""
+        try:
+            with safe_open(os.fspath(path), framework="pt", device=str(device)) as file:
+                metadata = file.metadata() or {}
+                tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as error:
+            raise EarlyOutputError(f"{path} is not a readable EarlyOutput file: {error}") from error
+        return cls.from_safetensors(tensors, metadata, str(path))
+
+    def to_safetensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors (one per banked site, contiguous copies) and the string metadata
+        of this EarlyOutput's safetensors form, for a file or another container (a
+        network request)."""
         tensors = {name: t.detach().contiguous().clone() for name, t in self.activations.items()}
         metadata = {
             "format": FORMAT,
@@ -108,20 +128,17 @@ class EarlyOutput:
             "shapes": json.dumps({k: list(v.shape) for k, v in tensors.items()}),
             "dtypes": json.dumps({k: str(v.dtype) for k, v in tensors.items()}),
         }
-        save_file(tensors, os.fspath(path), metadata=metadata)
+        return tensors, metadata
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EarlyOutput:
-        """Read a file written by :meth:`save`; a corrupt or foreign one: EarlyOutputError."""
-        try:
-            with safe_open(os.fspath(path), framework="pt", device=str(device)) as file:
-                metadata = file.metadata() or {}
-                tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as error:
-            raise EarlyOutputError(f"{path} is not a readable EarlyOutput file: {error}") from error
+    def from_safetensors(
+        cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], where: str = "the data"
+    ) -> EarlyOutput:
+        """The EarlyOutput that :meth:`to_safetensors` gave these tensors and metadata;
+        EarlyOutputError (naming ``where``) if they are not one, or were altered."""
         if metadata.get("format") != FORMAT:
             raise EarlyOutputError(
-                f"{path} is a safetensors file but not an EarlyOutput (format "
+                f"{where} is a safetensors file but not an EarlyOutput (format "
                 f"{metadata.get('format')!r}, expected {FORMAT!r})"
             )
         try:
@@ -133,15 +150,15 @@ class EarlyOutput:
                 inputs=json.loads(metadata.get("inputs", "{}")),
             )  # fmt: skip
         except (KeyError, json.JSONDecodeError) as error:
-            raise EarlyOutputError(f"{path} has damaged EarlyOutput metadata: {error}") from error
+            raise EarlyOutputError(f"{where} has damaged EarlyOutput metadata: {error}") from error
         if site not in tensors:
             raise EarlyOutputError(
-                f"{path} does not hold the activation of its split site {site!r}"
+                f"{where} does not hold the activation of its split site {site!r}"
             )
         for name, tensor in tensors.items():
             if list(tensor.shape) != shapes.get(name) or str(tensor.dtype) != dtypes.get(name):
                 raise EarlyOutputError(
-                    f"{path}: {name!r} is {list(tensor.shape)} {tensor.dtype} but was saved as "
+                    f"{where}: {name!r} is {list(tensor.shape)} {tensor.dtype} but was saved as "
                     f"{shapes.get(name)} {dtypes.get(name)}"
                 )
         return early
