@@ -238,7 +238,9 @@ def test_wrong_shape_and_dtype_are_refused() -> None:
     model = build("llama")
     inputs = ARCHS["llama"].inputs()
     early = model.run_until("model.layers.0.hook_point", **inputs)
-    with pytest.raises(ResumeError, match="torch.float64 but the blocks compute in torch.float32"):
+    with pytest.raises(
+        ResumeError, match="torch.float64 but the blocks after it compute in torch.float32"
+    ):
         model.resume_from("model.layers.0.hook_point", early.to(torch.float64), **inputs)
     with pytest.raises(ResumeError, match=r"shape \[2, 8, 16\]"):
         model.resume_from("model.layers.0.hook_point", torch.zeros(2, 8, 16), **inputs)

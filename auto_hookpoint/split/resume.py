@@ -333,11 +333,13 @@ def _block_sites(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _check_dtype(blocks: list[nn.Module], index: int, activation: torch.Tensor) -> None:
-    block = blocks[min(index + 1, len(blocks) - 1)]
+    after = index + 1 < len(blocks)
+    block = blocks[index + 1 if after else index]
     param = next((p for p in tensors_of(block, buffers=False) if p.is_floating_point()), None)
     if param is not None and activation.is_floating_point() and activation.dtype != param.dtype:
         raise ResumeError(
-            f"the activation is {activation.dtype} but the blocks compute in "
+            f"the activation is {activation.dtype} but "
+            f"{'the blocks after it compute' if after else 'its block computes'} in "
             f"{param.dtype} (the dtype differs); convert it with .to({param.dtype}) first"
         )
 
