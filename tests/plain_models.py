@@ -192,3 +192,14 @@ class ArgmaxClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         return {"ids": self.lin(x).argmax(-1), "note": "argmax"}
+
+
+class Residual(nn.Module):
+    """A block that returns the running value (input plus its update), as HF layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.lin(x))
