@@ -53,6 +53,16 @@ class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
 
 
+class NameClashError(AutoHookError, TypeError):
+    """The model has its own attribute under a name auto_hook must store on a hooked
+    model (``hook_dict``, ``mod_dict``, ...); nothing was changed. Rename the model's."""
+
+
+class NameClashWarning(UserWarning):
+    """The model has its own attribute under a name a hooked model gains (``setup``,
+    ``hooks``, ...): the model's own is kept; the message says how to reach ours."""
+
+
 class SplitServerError(AutoHookError, RuntimeError):
     """The split server refused a request (4xx) or failed computing it (5xx).
 

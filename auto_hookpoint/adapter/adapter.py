@@ -36,6 +36,7 @@ from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
 from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
 from auto_hookpoint.core.context import not_traced
+from auto_hookpoint.core.devices import accelerate_forward, execution_device, resting_tensor
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.hooked import HookedModule, auto_hook
 from auto_hookpoint.split.exit import run_until
@@ -96,7 +97,7 @@ class HookedTransformerAdapter(HookedRootModule):
         self.mapping = mapping
         self.model = model if isinstance(model, HookedModule) else auto_hook(model)
         self.cfg = hooked_transformer_cfg or hooked_transformer_config(model, mapping)
-        if hooked_transformer_cfg is not None and move_to_device:
+        if hooked_transformer_cfg is not None and move_to_device and not _dispatched(model):
             self.model.to(hooked_transformer_cfg.device)
         self.tokenizer = tokenizer
         if tokenizer is not None:
@@ -108,9 +109,17 @@ class HookedTransformerAdapter(HookedRootModule):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> HookedTransformerAdapter:
-        """Load a causal LM and its tokenizer from a local HF folder, and adapt it."""
-        model, tokenizer = _load(str(path))
-        return cls(model, tokenizer, **kwargs)
+        """Load a causal LM and its tokenizer from a local HF folder, and adapt it.
+
+        The adapter's own options (``mapping``, ``default_padding_side``, ...) are taken
+        from ``kwargs``; everything else goes to transformers' ``from_pretrained``:
+        ``device_map`` (``"auto"`` or a dict; blocks on CPU or ``"disk"`` are offloaded by
+        accelerate), ``max_memory``, ``offload_folder``, ``dtype``/``torch_dtype``,
+        ``attn_implementation``, ... Tokens then go to the embedding's device.
+        """
+        options = {name: kwargs.pop(name) for name in _ADAPTER_OPTIONS if name in kwargs}
+        model, tokenizer = _load(str(path), **kwargs)
+        return cls(model, tokenizer, **options)
 
     # ---------------------------------------------------------------- names
     def _add_transformer_lens_names(self) -> None:
@@ -173,7 +182,7 @@ class HookedTransformerAdapter(HookedRootModule):
             ):
                 attention_mask = (tokens != self.tokenizer.pad_token_id).long()
         else:
-            tokens = input.to(self.W_E.device)
+            tokens = input.to(self._tokens_device)
         if attention_mask is not None:
             hf_kwargs["attention_mask"] = attention_mask.to(tokens.device)
         if stop_at_layer is not None:
@@ -257,7 +266,7 @@ class HookedTransformerAdapter(HookedRootModule):
         **hf_kwargs: Any,  # noqa: A002
     ) -> Any:
         """Generate with the HF model's own ``generate``; returns text for text input."""
-        tokens = self.to_tokens(input) if isinstance(input, str) else input.to(self.W_E.device)
+        tokens = self.to_tokens(input) if isinstance(input, str) else input.to(self._tokens_device)
         hf_kwargs.setdefault("do_sample", False)
         hf_kwargs.setdefault("pad_token_id", getattr(self.tokenizer, "pad_token_id", None))
         out = self.model.generate(tokens, max_new_tokens=max_new_tokens, **hf_kwargs)
@@ -302,7 +311,7 @@ class HookedTransformerAdapter(HookedRootModule):
             )["input_ids"]
         finally:
             self.tokenizer.padding_side = previous
-        return tokens.to(self.W_E.device) if move_to_device else tokens
+        return tokens.to(self._tokens_device) if move_to_device else tokens
 
     def to_string(self, tokens: torch.Tensor | list[int]) -> str | list[str]:
         if isinstance(tokens, torch.Tensor) and tokens.dim() == 2:
@@ -320,15 +329,21 @@ class HookedTransformerAdapter(HookedRootModule):
 
     # ---------------------------------------------------------------- weights
     @property
+    def _tokens_device(self) -> torch.device:
+        """Where tokens go: the device the token embedding computes on (on a model
+        dispatched by accelerate, its execution device)."""
+        embed = self.model.get_submodule(self.mapping.embed)
+        return execution_device(embed) or torch.device(self.cfg.device or "cpu")
+
+    @property
     def W_E(self) -> torch.Tensor:  # noqa: N802
-        """The token embedding [d_vocab, d_model]."""
-        return self.model.get_submodule(self.mapping.embed).weight  # type: ignore[return-value]
+        """The token embedding [d_vocab, d_model] (where accelerate keeps it, if offloaded)."""
+        return resting_tensor(self.model.get_submodule(self.mapping.embed), "weight")
 
     @property
     def W_U(self) -> torch.Tensor:  # noqa: N802
-        """The unembedding [d_model, d_vocab]."""
-        weight: torch.Tensor = self.model.get_submodule(self.mapping.unembed).weight
-        return weight.T
+        """The unembedding [d_model, d_vocab] (where accelerate keeps it, if offloaded)."""
+        return resting_tensor(self.model.get_submodule(self.mapping.unembed), "weight").T
 
     @property
     def W_pos(self) -> torch.Tensor:  # noqa: N802
@@ -336,11 +351,26 @@ class HookedTransformerAdapter(HookedRootModule):
             raise AttributeError(
                 f"{self.cfg.original_architecture} has no learned position embedding"
             )
-        return self.model.get_submodule(self.mapping.pos_embed).weight  # type: ignore[return-value]
+        return resting_tensor(self.model.get_submodule(self.mapping.pos_embed), "weight")
 
 
-def _load(path: str) -> tuple[nn.Module, Any]:
+# HookedTransformerAdapter.__init__'s own keyword options (from_pretrained keeps them).
+_ADAPTER_OPTIONS = (
+    "mapping", "adapter_cfg", "hooked_transformer_cfg", "input_embedding_name",
+    "move_to_device", "default_padding_side",
+)  # fmt: skip
+# Options of transformers' from_pretrained that locate the files: the tokenizer's too.
+_LOCATING = ("revision", "cache_dir", "local_files_only", "token", "trust_remote_code", "subfolder")
+
+
+def _load(path: str, **hf_kwargs: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs).eval()
+    locating = {name: hf_kwargs[name] for name in _LOCATING if name in hf_kwargs}
+    return model, AutoTokenizer.from_pretrained(path, **locating)
+
+
+def _dispatched(model: nn.Module) -> bool:
+    """Placed by accelerate (device_map): moving it would undo the placement."""
+    return any(accelerate_forward(module) for module in model.modules())

@@ -9,6 +9,7 @@ from torch import nn
 from transformer_lens import HookedTransformerConfig
 
 from auto_hookpoint.adapter.architectures import ArchitectureMapping
+from auto_hookpoint.core.devices import execution_device
 
 
 def _first(config: Any, *names: str, default: Any = None) -> Any:
@@ -25,7 +26,8 @@ def hooked_transformer_config(
     """n_layers, d_model, n_heads, d_head, d_vocab, n_ctx, d_mlp, act_fn, normalization,
     positional embedding, device and dtype, read from the HF config and the modules."""
     hf = getattr(model, "config", None)
-    weight: torch.Tensor = model.get_submodule(mapping.embed).weight  # type: ignore[assignment]
+    embed = model.get_submodule(mapping.embed)
+    weight: torch.Tensor = embed.weight  # type: ignore[assignment]
     d_vocab, d_model = weight.shape
     n_heads = _first(hf, "num_attention_heads", "n_head", default=1)
     ln_final = model.get_submodule(mapping.ln_final) if mapping.ln_final else None
@@ -44,7 +46,9 @@ def hooked_transformer_config(
         "positional_embedding_type": "standard" if mapping.pos_embed else "rotary",
         "model_name": _first(hf, "_name_or_path", default="") or type(model).__name__,
         "original_architecture": (_first(hf, "architectures") or [type(model).__name__])[0],
-        "device": str(weight.device),
+        # Where the embedding computes: on a model dispatched by accelerate its
+        # execution device, even while its weight is offloaded (meta).
+        "device": str(execution_device(embed) or weight.device),
         "dtype": weight.dtype,
         "tokenizer_prepends_bos": None,
     }

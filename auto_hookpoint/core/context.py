@@ -24,7 +24,7 @@ import functools
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch._dynamo.eval_frame import skip_code
@@ -32,6 +32,7 @@ from torch._dynamo.eval_frame import skip_code
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, ActiveObservers
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 not_traced = torch.compiler.disable(recursive=False)
 """Decorator for the package's entry points (``run_with_cache``, ``run_until``, a hooked
@@ -57,8 +58,8 @@ ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
     "auto_hookpoint_active_hook_scopes", default=frozenset()
 )
 
-# Per thread, while a call of a hooked model runs, ``observers``: the caller's
-# ACTIVE_OBSERVERS (None outside any call). A plain threading.local, read with getattr
+# Per thread, while a call of a hooked model runs: the caller's value of each CallCopied
+# ContextVar (absent outside any call). A plain threading.local, read with getattr
 # defaults: dynamo reads its attributes dynamically, in the calling thread.
 _THIS_CALL = threading.local()
 
@@ -125,23 +126,52 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     return in_caller_context
 
 
-def enter_call() -> ActiveObservers | None:
-    """Copy the caller's observers and scopes for the call of a hooked model now starting.
+class CallCopied(Generic[T]):
+    """A ``ContextVar`` whose value every call of a hooked model copies (:func:`enter_call`),
+    for the core's dispatch to read while dynamo traces; see the module docstring."""
 
-    Returns what :func:`exit_call` needs to restore the copy of an enclosing call. Runs
-    eagerly, before any compiled frame of the call (see ``HookedModule.__call__``).
-    """
+    def __init__(self, var: ContextVar[T]):
+        self.var = var
+        self.attr = f"copied_{var.name}"  # its attribute of _THIS_CALL
+        _COPIED.append(self)
+
+    def get(self) -> T:
+        """The value in the current context; while dynamo traces, the call's copy of it
+        (without a copy, outside any call of a hooked model: the ContextVar, a break)."""
+        if torch.compiler.is_dynamo_compiling():
+            copied: Any = getattr(_THIS_CALL, self.attr, _NO_COPY)
+            if copied is not _NO_COPY:
+                return copied  # type: ignore[no-any-return]
+        return self.var.get()
+
+
+_COPIED: list[CallCopied[Any]] = []
+_NO_COPY = object()
+OBSERVERS = CallCopied(ACTIVE_OBSERVERS)
+
+
+def enter_call() -> list[Any]:
+    """Copy the caller's context (observers, muted modules, visible scopes) for the call
+    of a hooked model now starting. Returns what :func:`exit_call` needs to restore the
+    copy of an enclosing call. Runs eagerly, before any compiled frame of the call (see
+    ``HookedModule.__call__``)."""
     here = _THIS_CALL
-    enclosing: ActiveObservers | None = getattr(here, "observers", None)
-    here.observers = ACTIVE_OBSERVERS.get()
+    enclosing = []
+    for copied in _COPIED:
+        enclosing.append(getattr(here, copied.attr, _NO_COPY))
+        setattr(here, copied.attr, copied.var.get())
     _mark_scopes(ACTIVE_SCOPES.get())
     return enclosing
 
 
-def exit_call(enclosing: ActiveObservers | None) -> None:
+def exit_call(enclosing: list[Any]) -> None:
     here = _THIS_CALL
-    here.observers = enclosing
-    _mark_scopes(None if enclosing is None else ACTIVE_SCOPES.get())
+    for copied, value in zip(_COPIED, enclosing, strict=False):  # (registered meanwhile)
+        if value is _NO_COPY:
+            delattr(here, copied.attr)
+        else:
+            setattr(here, copied.attr, value)
+    _mark_scopes(None if enclosing[0] is _NO_COPY else ACTIVE_SCOPES.get())
 
 
 def _mark_scopes(active: frozenset[HookScope] | None) -> None:
@@ -151,15 +181,11 @@ def _mark_scopes(active: frozenset[HookScope] | None) -> None:
 
 def active_observers() -> ActiveObservers:
     """The observers of the current context: (core, observer, watched site names) each."""
-    if torch.compiler.is_dynamo_compiling():
-        copied: ActiveObservers | None = getattr(_THIS_CALL, "observers", None)
-        if copied is not None:
-            return copied
-    return ACTIVE_OBSERVERS.get()
+    return OBSERVERS.get()
 
 
 def watched_by_untraced_observer(core: Any) -> bool:
     """Whether an observer whose callbacks cannot be traced (``Observer.traced`` unset)
     watches a site of ``core`` in the call now running."""
-    observers: ActiveObservers = getattr(_THIS_CALL, "observers", None) or ()
+    observers: ActiveObservers = getattr(_THIS_CALL, OBSERVERS.attr, None) or ()
     return any(owner is core and not observer.traced for owner, observer, _ in observers)
