@@ -51,3 +51,7 @@ class ResumeError(AutoHookError, RuntimeError):
 
 class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
+
+
+class ReadOnlySiteError(AutoHookError, RuntimeError):
+    """A hook replaced or edited, in place, the tensor of a site that can only be read."""
