@@ -166,7 +166,8 @@ def _add_qkv(build: _Builder, layer: int, parts: BlockParts, block: str) -> None
     for which, path in (("q_norm", parts.q_norm), ("k_norm", parts.k_norm)):
         if not path:
             continue
-        weight: torch.Tensor = build.model.get_submodule(f"{block}.{path}").weight
+        weight = build.model.get_submodule(f"{block}.{path}").weight
+        assert isinstance(weight, torch.Tensor)
         if weight.shape[0] == d_head:
             # Per head (Gemma-3, Qwen-3): TransformerLens shows [batch*pos*head, d_head];
             # HF models lay the heads out differently ([batch head pos d] or [batch pos
