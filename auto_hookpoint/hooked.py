@@ -29,7 +29,12 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
-from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.cache import (
+    NamesFilter,
+    cached_forward,
+    check_batch_removable,
+    resolve_names_filter,
+)
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
 from auto_hookpoint.errors import UnknownHookNameError
@@ -141,6 +146,7 @@ class HookedModule:
         """
         core = core_of(self)
         names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
+        check_batch_removable(model_args, remove_batch_dim)
         if incl_bwd or not reset_hooks_end:
             return super().run_with_cache(  # type: ignore[misc, no-any-return]
                 *model_args,

@@ -23,7 +23,6 @@ from tl_twin import FAMILIES, SEQ, build, tokenizer, twin
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 from transformer_lens import ActivationCache, HookedRootModule
-from transformer_lens.HookedTransformer import Output
 
 from auto_hookpoint.adapter import (
     ArchitectureError,
@@ -33,6 +32,7 @@ from auto_hookpoint.adapter import (
     HookedTransformerAdapterCfg,
     HookedTransformerConfig_From_AutoConfig,
 )
+from auto_hookpoint.adapter.tl_compat import MAJOR, Output
 from auto_hookpoint.demo import demo_model, demo_tokenizer
 from auto_hookpoint.errors import ReadOnlySiteError
 
@@ -103,6 +103,7 @@ def test_forward_return_types_and_text_input() -> None:
         adapter(tokens, start_at_layer=1)
 
 
+@pytest.mark.tl3
 def test_generate_takes_transformer_lens_arguments() -> None:
     model = build("gpt2", vocab=len(tokenizer("gpt2")))
     adapter = HookedTransformerAdapter(model, tokenizer("gpt2"))
@@ -347,3 +348,42 @@ def test_where_detection_is_unsure_it_warns_and_names_mapping() -> None:
     exact = HookedTransformerAdapter(OddLM(), None, mapping=mapping)
     _, cache = exact.run_with_cache(torch.tensor([[1, 2, 3]]))
     torch.testing.assert_close(cache.decompose_resid().sum(0), cache["blocks.1.hook_resid_post"])
+
+
+@pytest.mark.tl4
+def test_analysis_runs_on_the_installed_transformer_lens() -> None:
+    """The adapter on whichever TransformerLens is installed (3.x or 4.x): its own
+    ActivationCache and patching, with the identities that hold in any model."""
+    import transformer_lens.patching as patching
+
+    adapter = HookedTransformerAdapter(build("gpt2"), None)
+    tokens = ids()
+    with torch.no_grad():
+        logits, cache = adapter.run_with_cache(tokens)
+    resid = cache["blocks.1.hook_resid_post"]
+    torch.testing.assert_close(cache.decompose_resid().sum(0), resid)
+    heads = cache.stack_head_results(layer=1)  # layer 0's heads, [head batch pos d_model]
+    torch.testing.assert_close(
+        heads.sum(0) + adapter.blocks[0].attn.b_O, cache["blocks.0.hook_attn_out"]
+    )
+    normalized = cache.apply_ln_to_stack(resid[None], layer=-1)[0]
+    torch.testing.assert_close(normalized, cache["ln_final.hook_normalized"], rtol=1e-4, atol=1e-5)
+    directions = adapter.tokens_to_residual_directions(torch.tensor([3, 7]))
+    final = cache["unembed.hook_in"][:, -1]
+    torch.testing.assert_close(
+        (final * directions).sum(-1), logits[:, -1, [3, 7]].diagonal() - adapter.b_U[[3, 7]]
+    )
+
+    def metric(out: torch.Tensor) -> torch.Tensor:
+        return out[:, -1, 3].mean()
+
+    with torch.no_grad():  # patching the clean run into itself changes nothing
+        patched = patching.get_act_patch_resid_pre(adapter, tokens, cache, metric)
+    assert patched.shape == (2, SEQ)
+    torch.testing.assert_close(patched, torch.full_like(patched, metric(logits).item()))
+    one = tokens[:1]
+    _, single = adapter.run_with_cache(one, remove_batch_dim=True)
+    assert single["blocks.0.hook_resid_post"].shape == (SEQ, 32)
+    if MAJOR >= 4:
+        with pytest.raises(AssertionError, match="batch size 2"):  # as TransformerLens 4 does
+            adapter.run_with_cache(tokens, remove_batch_dim=True)

@@ -20,6 +20,9 @@ from tl_twin import SEQ, VOCAB, build, twin
 
 from auto_hookpoint.adapter import HookedTransformerAdapter
 
+pytestmark = pytest.mark.tl3  # the oracle is HookedTransformer
+
+
 CLEAN = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(5))
 CORRUPT = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(6))
 ANSWERS = torch.tensor([3, 7])

@@ -25,6 +25,9 @@ from tl_twin import FAMILIES, SEQ, VOCAB, build, twin
 from auto_hookpoint.adapter import HookedTransformerAdapter
 from auto_hookpoint.errors import ReadOnlySiteError
 
+pytestmark = pytest.mark.tl3  # the oracle is HookedTransformer
+
+
 # TransformerLens names (layer 0 standing for every layer) the adapter does not offer,
 # per family; docs/adapter.md says why. Everything else TransformerLens' cache holds, the
 # adapter's holds too.

@@ -12,6 +12,9 @@ from tl_twin import build, tokenizer, twin
 
 from auto_hookpoint.adapter import HookedTransformerAdapter
 
+pytestmark = pytest.mark.tl3  # the oracle is HookedTransformer
+
+
 TEXTS = ["The for statement iterates over items", "A class"]
 
 

@@ -50,7 +50,12 @@ from auto_hookpoint.adapter.tokens import PaddingSide, TokensMixin, model_inputs
 from auto_hookpoint.adapter.views import CURRENT_BATCH
 from auto_hookpoint.adapter.weights import WeightsMixin
 from auto_hookpoint.core.attached import core_of
-from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.cache import (
+    NamesFilter,
+    cached_forward,
+    check_batch_removable,
+    resolve_names_filter,
+)
 from auto_hookpoint.hooked import HookedModule, auto_hook
 from auto_hookpoint.scoped_hooks import scoped_hooks
 
@@ -109,6 +114,7 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
         mapping, detected = _resolve(model, mapping, input_embedding_name)
         self.mapping = mapping
         self.model = model if isinstance(model, HookedModule) else auto_hook(model)
+        self.train(model.training)  # the adapter is in the HF model's mode
         self.cfg = hooked_transformer_config(model, mapping)
         if hooked_transformer_cfg is not None:
             self.cfg = hooked_transformer_cfg
@@ -216,6 +222,7 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
         the read-only ``hook_scale`` names."""
         core = core_of(self.model)
         names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
+        check_batch_removable(model_args, remove_batch_dim)
         if incl_bwd or not reset_hooks_end:
             out, cache = super().run_with_cache(
                 *model_args,
