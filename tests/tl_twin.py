@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import atexit
 import functools
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -240,3 +243,67 @@ def twin(hf_model: nn.Module, tokenizer: Any = None) -> Any:
     if tokenizer is not None:
         model.set_tokenizer(tokenizer, default_padding_side=tokenizer.padding_side)
     return model.eval()
+
+
+def parity_table() -> str:
+    """The parity table of docs/adapter.md: per TransformerLens name (every layer) and
+    family, the largest absolute difference between the adapter's cache and the twin's,
+    over a batch, left padding and right padding (real positions); "n/o": TransformerLens
+    has the name, the adapter does not offer it; blank: TransformerLens has no such name.
+    Run ``python tests/tl_twin.py`` to print it."""
+    from auto_hookpoint.adapter import HookedTransformerAdapter
+
+    tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    left, right = torch.ones(2, SEQ, dtype=torch.long), torch.ones(2, SEQ, dtype=torch.long)
+    left[0, :3], right[1, -2:] = 0, 0
+    columns: dict[str, dict[str, str]] = {}
+    for family in FAMILIES:
+        model = build(family)
+        oracle, adapter = twin(model), HookedTransformerAdapter(model, None)
+        worst: dict[str, float] = {}
+        missing: set[str] = set()
+        for mask in (torch.ones(2, SEQ, dtype=torch.long), left, right):
+            with torch.no_grad():
+                _, ours = adapter.run_with_cache(tokens, attention_mask=mask)
+                _, theirs = oracle.run_with_cache(tokens, attention_mask=mask)
+            for name in theirs.keys():
+                generic = re.sub(
+                    r"experts\.\d+\.", "experts.j.", re.sub(r"blocks\.\d+\.", "blocks.i.", name)
+                )
+                if name not in ours.cache_dict:
+                    missing.add(generic)
+                    continue
+                a, b = _real(name, ours[name], mask), _real(name, theirs[name], mask)
+                finite = torch.isfinite(b)
+                difference = (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
+                worst[generic] = max(worst.get(generic, 0.0), difference)
+        columns[family] = {n: f"{d:.0e}" for n, d in worst.items()} | dict.fromkeys(missing, "n/o")
+    names = sorted({n for column in columns.values() for n in column}, key=_name_order)
+    lines = ["| name | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        cells = [columns[f].get(name, "") for f in columns]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _real(name: str, tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if name.endswith(("hook_attn_scores", "hook_pattern")):
+        tensor = tensor.transpose(1, 2)
+    elif tensor.shape[0] != mask.shape[0]:
+        tensor = tensor.reshape(*mask.shape, -1, tensor.shape[-1])
+    return tensor[mask.bool()]
+
+
+_ORDER = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "ln1.", "attn.hook_q", "attn.hook_k",
+          "attn.hook_v", "attn.q_norm", "attn.k_norm", "hook_rot", "hook_attn_scores",
+          "hook_pattern", "hook_z", "ln1_post", "hook_attn_out", "hook_resid_mid", "ln2.",
+          "mlp.", "ln2_post", "hook_mlp_out", "hook_resid_post", "ln_final", "unembed"]  # fmt: skip
+
+
+def _name_order(name: str) -> tuple[int, str]:
+    return next((i for i, key in enumerate(_ORDER) if key in name), len(_ORDER)), name
+
+
+if __name__ == "__main__":  # this checkout's auto_hookpoint, whatever is installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    print(parity_table())

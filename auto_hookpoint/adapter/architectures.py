@@ -78,20 +78,18 @@ class ArchitectureMapping:
         return self.parts or BlockParts(attn_out=self.attn, mlp_out=self.mlp)
 
 
-_LLAMA_PARTS = BlockParts(
-    ln1="input_layernorm",
-    ln2="post_attention_layernorm",
-    attn_out="self_attn",
-    mlp_out="mlp",
-    resid_mid="post_attention_layernorm",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    o="self_attn.o_proj",
-    mlp_pre="mlp.gate_proj",
-    mlp_pre_linear="mlp.up_proj",
-    mlp_post="mlp.down_proj",
-)
+# Pre-norm blocks: ln1 before attention, ln2 (whose input is resid_mid) before the MLP.
+def _pre_norm(ln1: str, ln2: str, attn: str, mlp: str | None, **parts: Any) -> BlockParts:
+    return BlockParts(
+        ln1=ln1, ln2=ln2, attn_out=attn, mlp_out=mlp, resid_mid=ln2, **parts
+    )  # fmt: skip
+
+
+_LLAMA_PARTS = _pre_norm(
+    "input_layernorm", "post_attention_layernorm", "self_attn", "mlp",
+    q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
+    mlp_pre="mlp.gate_proj", mlp_pre_linear="mlp.up_proj", mlp_post="mlp.down_proj",
+)  # fmt: skip
 # Gemma-2 and -3 normalise each sublayer's output before adding it to the residual
 # stream; TransformerLens' hook_attn_out / hook_mlp_out are after those norms.
 _SANDWICH_PARTS = replace(
@@ -107,6 +105,12 @@ _LLAMA_LIKE = ArchitectureMapping(
     "model.embed_tokens", "model.layers", "model.norm", "lm_head", "self_attn", "mlp",
     parts=_LLAMA_PARTS,
 )  # fmt: skip
+_GPT2_LIKE = ArchitectureMapping(
+    "transformer.wte", "transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp",
+    pos_embed="transformer.wpe",
+)  # fmt: skip
+_GPT2_PARTS = _pre_norm("ln_1", "ln_2", "attn", "mlp", mlp_pre="mlp.c_fc", mlp_post="mlp.c_proj")
+_NEO_ATTENTION = "attn.attention"  # GPT-Neo's attention wraps the module that computes it
 
 ARCHITECTURES: dict[str, ArchitectureMapping] = {
     "llama": _LLAMA_LIKE,
@@ -121,60 +125,27 @@ ARCHITECTURES: dict[str, ArchitectureMapping] = {
     "phi": replace(
         _LLAMA_LIKE,
         ln_final="model.final_layernorm",
-        parts=BlockParts(
-            ln1="input_layernorm",  # one norm feeds attention and MLP: no separate ln2
-            attn_out="self_attn",
-            mlp_out="mlp",
-            q="self_attn.q_proj",
-            k="self_attn.k_proj",
-            v="self_attn.v_proj",
+        parts=replace(  # one norm feeds attention and MLP: no ln2, no resid_mid
+            _LLAMA_PARTS,
+            ln2=None,
+            resid_mid=None,
             o="self_attn.dense",
             mlp_pre="mlp.fc1",
+            mlp_pre_linear=None,
             mlp_post="mlp.fc2",
             parallel=True,
         ),
-    ),
-    "gpt2": ArchitectureMapping(
-        "transformer.wte",
-        "transformer.h",
-        "transformer.ln_f",
-        "lm_head",
-        "attn",
-        "mlp",
-        pos_embed="transformer.wpe",
-        parts=BlockParts(
-            ln1="ln_1",
-            ln2="ln_2",
-            attn_out="attn",
-            mlp_out="mlp",
-            resid_mid="ln_2",
-            qkv="attn.c_attn",
-            o="attn.c_proj",
-            mlp_pre="mlp.c_fc",
-            mlp_post="mlp.c_proj",
-        ),
     ),  # fmt: skip
-    "gpt_neo": ArchitectureMapping(
-        "transformer.wte",
-        "transformer.h",
-        "transformer.ln_f",
-        "lm_head",
-        "attn",
-        "mlp",
-        pos_embed="transformer.wpe",
-        parts=BlockParts(
-            ln1="ln_1",
-            ln2="ln_2",
-            attn_out="attn",
-            mlp_out="mlp",
-            resid_mid="ln_2",
-            q="attn.attention.q_proj",
-            k="attn.attention.k_proj",
-            v="attn.attention.v_proj",
-            o="attn.attention.out_proj",
-            pattern="attn.attention.attn_dropout",
-            mlp_pre="mlp.c_fc",
-            mlp_post="mlp.c_proj",
+    "gpt2": replace(_GPT2_LIKE, parts=replace(_GPT2_PARTS, qkv="attn.c_attn", o="attn.c_proj")),
+    "gpt_neo": replace(
+        _GPT2_LIKE,
+        parts=replace(
+            _GPT2_PARTS,
+            q=f"{_NEO_ATTENTION}.q_proj",
+            k=f"{_NEO_ATTENTION}.k_proj",
+            v=f"{_NEO_ATTENTION}.v_proj",
+            o=f"{_NEO_ATTENTION}.out_proj",
+            pattern=f"{_NEO_ATTENTION}.attn_dropout",
         ),
     ),  # fmt: skip
     "gpt_neox": ArchitectureMapping(
@@ -184,12 +155,11 @@ ARCHITECTURES: dict[str, ArchitectureMapping] = {
         "lm_head",
         "attention",
         "mlp",
-        parts=BlockParts(
-            ln1="input_layernorm",
-            ln2="post_attention_layernorm",
-            attn_out="attention",
-            mlp_out="mlp",
-            resid_mid="post_attention_layernorm",
+        parts=_pre_norm(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "attention",
+            "mlp",
             qkv="attention.query_key_value",
             qkv_layout="heads",
             o="attention.dense",
@@ -205,12 +175,11 @@ ARCHITECTURES: dict[str, ArchitectureMapping] = {
         "self_attn",
         None,
         pos_embed="model.decoder.embed_positions",
-        parts=BlockParts(
-            ln1="self_attn_layer_norm",
-            ln2="final_layer_norm",
-            attn_out="self_attn",
-            mlp_out="fc2",
-            resid_mid="final_layer_norm",
+        parts=_pre_norm(
+            "self_attn_layer_norm",
+            "final_layer_norm",
+            "self_attn",
+            "fc2",
             q="self_attn.q_proj",
             k="self_attn.k_proj",
             v="self_attn.v_proj",
