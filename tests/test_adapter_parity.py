@@ -38,6 +38,7 @@ NOT_OFFERED: dict[str, set[str]] = {
     "mixtral": {"blocks.0.mlp.hook_expert_indices", "blocks.0.mlp.hook_expert_weights"}
     | {f"blocks.0.mlp.experts.{e}.hook_{s}" for e in range(4) for s in ("pre", "gate", "post")},
     "gemma3": _QK_NORMS,
+    "qwen3": _QK_NORMS,
 }
 # Offered for reading, refusing an edit (an edit could not mean what it means in TL).
 READ_ONLY = {"hook_scale"}

@@ -152,6 +152,7 @@ FAMILIES: dict[str, Family] = {
     "mixtral": Family(lambda: tf.MixtralConfig(
         **_BASE, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
     "phi": Family(lambda: tf.PhiConfig(**_BASE, partial_rotary_factor=0.5), _phi),
+    "phi3": Family(lambda: tf.Phi3Config(**_BASE, num_key_value_heads=2, pad_token_id=0)),
     "gemma": Family(lambda: tf.GemmaConfig(**_BASE, num_key_value_heads=2, head_dim=8), _gemma),
     "gemma2": Family(lambda: tf.Gemma2Config(
         **_BASE, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=8,
@@ -161,6 +162,8 @@ FAMILIES: dict[str, Family] = {
         **_BASE, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=8,
         layer_types=["sliding_attention", "full_attention"]), _gemma3, tabled=False),
     "olmo2": Family(lambda: tf.Olmo2Config(**_BASE), _olmo2, tabled=False),
+    "qwen3": Family(lambda: tf.Qwen3Config(
+        **_BASE, num_key_value_heads=2, head_dim=8), tabled=False),
 }  # fmt: skip
 
 

@@ -66,7 +66,7 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
     """A HookedTransformer-like view of an HF causal LM; see the module docstring.
 
     ``HookedTransformerAdapter(hf_model, tokenizer)`` finds the architecture's parts
-    (from the table for llama, mistral, mixtral, qwen2, gemma, gemma2, phi, gpt2,
+    (from the table for llama, mistral, mixtral, qwen2, gemma, gemma2, phi, phi3, gpt2,
     gpt_neo, gpt_neox and opt; detected and checked for other families);
     ``mapping=ArchitectureMapping(...)`` names them by hand. The original Auto_HookPoint
     form (``adapter_cfg=``, ``hooked_transformer_cfg=``, ``model=``/``tokenizer=`` or

@@ -50,6 +50,7 @@ class BlockParts:
     mlp_pre: str | None = None  # its output is mlp.hook_pre (the gate in gated MLPs)
     mlp_pre_linear: str | None = None  # its output is mlp.hook_pre_linear (gated MLPs)
     mlp_post: str | None = None  # its input is mlp.hook_post
+    mlp_gate_up: str | None = None  # a fused [gate | up] projection (Phi-3): pre | pre_linear
     flat_mlp: bool = False  # OPT runs its MLP part on [batch*pos, d] tensors
     parallel: bool = False  # attention and MLP both read the block input (Phi, GPT-J)
 
@@ -134,6 +135,19 @@ ARCHITECTURES: dict[str, ArchitectureMapping] = {
             mlp_pre_linear=None,
             mlp_post="mlp.fc2",
             parallel=True,
+        ),
+    ),  # fmt: skip
+    "phi3": replace(
+        _LLAMA_LIKE,
+        parts=replace(
+            _LLAMA_PARTS,
+            q=None,
+            k=None,
+            v=None,
+            qkv="self_attn.qkv_proj",
+            mlp_pre=None,
+            mlp_pre_linear=None,
+            mlp_gate_up="mlp.gate_up_proj",
         ),
     ),  # fmt: skip
     "gpt2": replace(_GPT2_LIKE, parts=replace(_GPT2_PARTS, qkv="attn.c_attn", o="attn.c_proj")),

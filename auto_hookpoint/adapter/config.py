@@ -66,7 +66,9 @@ def hooked_transformer_config(
         "positional_embedding_type": "standard" if mapping.pos_embed else "rotary",
         "parallel_attn_mlp": parts.parallel,
         # Mixture-of-experts families (Mixtral) have gated experts.
-        "gated_mlp": parts.mlp_pre_linear is not None or hasattr(hf, "num_local_experts"),
+        "gated_mlp": parts.mlp_pre_linear is not None
+        or parts.mlp_gate_up is not None
+        or hasattr(hf, "num_local_experts"),
         "num_experts": _first(hf, "num_local_experts"),
         "experts_per_token": _first(hf, "num_experts_per_tok")
         if hasattr(hf, "num_local_experts")

@@ -143,6 +143,12 @@ def _add_block(build: _Builder, layer: int, probes: attention.AttentionProbes | 
         build.norm(f"{name}.ln2", f"{block}.{parts.ln2}", flat=flat)
     elif parts.parallel and parts.ln1:
         build.missing(layer, "ln2.hook_normalized", "one norm feeds both attention and MLP")
+    if parts.mlp_gate_up:  # [gate | up]
+        fused = f"{block}.{parts.mlp_gate_up}"
+        build.add(f"{name}.mlp.hook_pre", fused, OUTPUT, views.part(0, cfg.d_mlp))
+        build.add(
+            f"{name}.mlp.hook_pre_linear", fused, OUTPUT, views.part(cfg.d_mlp, 2 * cfg.d_mlp)
+        )
     for site, path, kind in (
         ("mlp.hook_pre", parts.mlp_pre, OUTPUT),
         ("mlp.hook_pre_linear", parts.mlp_pre_linear, OUTPUT),

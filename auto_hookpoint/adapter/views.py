@@ -72,6 +72,17 @@ def fused_part(start: int, stop: int, n_heads: int, d_head: int, *, per_head: in
     return SiteView(show, write_back)
 
 
+def part(start: int, stop: int) -> SiteView:
+    """``[..., start:stop]`` of a fused projection's output (Phi-3's [gate | up])."""
+
+    def write_back(tensor: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        updated = tensor.clone()
+        updated[..., start:stop] = new
+        return updated
+
+    return SiteView(lambda tensor: tensor[..., start:stop], write_back)
+
+
 def unflattened(*, flat: bool) -> SiteView:
     """A ``[batch*pos, d]`` tensor (OPT's MLP) shown as ``[batch pos d]``."""
     return SiteView(

@@ -138,23 +138,34 @@ class MLPWeights:
             raise AttributeError(f"this architecture's MLP has no {what} the adapter knows of")
         return self._block.get_submodule(path)
 
-    def _in(self) -> nn.Module:
-        return self._module(self._parts.mlp_pre_linear or self._parts.mlp_pre, "input projection")
+    def _input(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W ``[d_model d_mlp]``, b) of the MLP's ``"in"`` or ``"gate"`` projection."""
+        parts = self._parts
+        if parts.mlp_gate_up is not None:  # Phi-3: [gate | up]
+            fused = self._module(parts.mlp_gate_up, "input projection")
+            weight = _in_out(fused)
+            bias = _bias(fused, weight.shape[1], weight)
+            half = 0 if which == "gate" else 1
+            return weight.chunk(2, dim=1)[half], bias.chunk(2)[half]
+        gated = parts.mlp_pre_linear is not None
+        if which == "gate" and not gated:
+            raise AttributeError("this MLP is not gated: it has no W_gate")
+        path = parts.mlp_pre if which == "gate" or not gated else parts.mlp_pre_linear
+        module = self._module(path, "input projection")
+        weight = _in_out(module)
+        return weight, _bias(module, weight.shape[1], weight)
 
     @property
     def W_in(self) -> torch.Tensor:  # noqa: N802
-        return _in_out(self._in())
+        return self._input("in")[0]
 
     @property
     def b_in(self) -> torch.Tensor:  # noqa: N802
-        weight = self.W_in
-        return _bias(self._in(), weight.shape[1], weight)
+        return self._input("in")[1]
 
     @property
     def W_gate(self) -> torch.Tensor:  # noqa: N802
-        if self._parts.mlp_pre_linear is None:
-            raise AttributeError("this MLP is not gated: it has no W_gate")
-        return _in_out(self._module(self._parts.mlp_pre, "gate projection"))
+        return self._input("gate")[0]
 
     @property
     def W_out(self) -> torch.Tensor:  # noqa: N802
