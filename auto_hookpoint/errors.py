@@ -55,3 +55,20 @@ class EarlyOutputError(AutoHookError, ValueError):
 
 class ReadOnlySiteError(AutoHookError, RuntimeError):
     """A hook replaced or edited, in place, the tensor of a site that can only be read."""
+
+
+class SplitServerError(AutoHookError, RuntimeError):
+    """The split server refused a request (4xx) or failed computing it (5xx).
+
+    ``status`` is the HTTP status, ``kind`` the server's short name for the problem
+    (``"wrong_model"``, ``"too_large"``, ...); the message is the server's explanation.
+    """
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class SplitConnectionError(AutoHookError, ConnectionError):
+    """The split server could not be reached, or did not answer in time."""
