@@ -54,6 +54,8 @@ def test_idle_adapter_computes_exactly_what_the_hf_model_computes(family: str) -
         _, cache = adapter.run_with_cache(tokens)  # every site, attention internals too
         assert isinstance(cache, ActivationCache) and "blocks.1.hook_resid_post" in cache
         assert torch.equal(adapter(tokens), expected)  # idle again: the HF kernels again
+        _, copied = copy.deepcopy(adapter).run_with_cache(tokens)  # a copy has its own sites
+    assert copied.keys() == cache.keys()
     assert torch_hook_count(adapter.model) == 0
 
 

@@ -24,7 +24,6 @@ function checks.
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +61,13 @@ class AttentionProbes:
         return names
 
 
-_PROBES: weakref.WeakKeyDictionary[nn.Module, AttentionProbes] = weakref.WeakKeyDictionary()
+# Where an attention module keeps its probes: a plain attribute (not a submodule, so
+# state_dict and named_modules are untouched), copied along by copy.deepcopy.
+_PROBES = "_auto_hookpoint_attention_probes"
+
+
+def _probes_of(module: nn.Module) -> AttentionProbes | None:
+    return module.__dict__.get(_PROBES)  # type: ignore[no-any-return]
 
 
 def unavailable_reason(model: nn.Module) -> str | None:
@@ -105,7 +110,7 @@ def install(
         model.set_attn_implementation(name)  # type: ignore[operator]
     found = []
     for module in attention_modules:
-        probes = _PROBES.get(module)
+        probes = _probes_of(module)
         if probes is None:
             probes = AttentionProbes(
                 AttentionProbe(),
@@ -113,16 +118,18 @@ def install(
                 AttentionProbe() if rotary else None,
                 AttentionProbe() if rotary else None,
             )
-            _PROBES[module] = probes
+            module.__dict__[_PROBES] = probes
         found.append(probes)
     return found
 
 
 def uninstall(model: nn.Module) -> None:
-    """Give ``model`` its original attention function back."""
+    """Give ``model`` its original attention function back, and drop the probes."""
     current = getattr(getattr(model, "config", None), "_attn_implementation", "")
     if str(current).startswith(PREFIX):
         model.set_attn_implementation(current.removeprefix(PREFIX))  # type: ignore[operator]
+    for module in model.modules():
+        module.__dict__.pop(_PROBES, None)
 
 
 def _original(module: nn.Module) -> Callable[..., Any]:
@@ -146,7 +153,7 @@ def hooked_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention function registered as ``auto_hookpoint_<original>``; see the module
     docstring. query ``[batch head pos d_head]``, key/value ``[batch kv_head kv_pos d_head]``."""
-    probes = _PROBES.get(module)
+    probes = _probes_of(module)
     if probes is None:
         return _original(module)(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
     if probes.rot_q is not None and probes.rot_q.active():
