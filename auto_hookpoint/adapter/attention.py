@@ -60,6 +60,13 @@ class AttentionProbes:
             names |= {"hook_rot_q": self.rot_q, "hook_rot_k": self.rot_k}
         return names
 
+    def any_active(self) -> bool:
+        """The fast path's one question, asked on every attention call."""
+        for probe in (self.scores, self.pattern, self.rot_q, self.rot_k):
+            if probe is not None and (probe._forward_hooks or probe._forward_pre_hooks):
+                return True
+        return False
+
 
 # Where an attention module keeps its probes: a plain attribute (not a submodule, so
 # state_dict and named_modules are untouched), copied along by copy.deepcopy.
@@ -132,15 +139,24 @@ def uninstall(model: nn.Module) -> None:
         module.__dict__.pop(_PROBES, None)
 
 
-def _original(module: nn.Module) -> Callable[..., Any]:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+_ORIGINALS_FOUND: dict[tuple[type, str], Callable[..., Any]] = {}
 
-    implementation = str(module.config._attn_implementation).removeprefix(PREFIX)  # type: ignore[union-attr]
-    if implementation == "eager":
-        # The model's own eager function, as its attention module would have used.
-        own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-        return own if callable(own) else _eager_without_probes
-    return ALL_ATTENTION_FUNCTIONS[implementation]  # type: ignore[no-any-return]
+
+def _original(module: nn.Module) -> Callable[..., Any]:
+    """The function the module would have called: sdpa, or its model's own eager one."""
+    key = (type(module), str(module.config._attn_implementation))  # type: ignore[union-attr]
+    found = _ORIGINALS_FOUND.get(key)
+    if found is None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        implementation = key[1].removeprefix(PREFIX)
+        if implementation == "eager":
+            own = getattr(sys.modules.get(key[0].__module__), "eager_attention_forward", None)
+            found = own if callable(own) else _eager_without_probes
+        else:
+            found = ALL_ATTENTION_FUNCTIONS[implementation]
+        _ORIGINALS_FOUND[key] = found
+    return found
 
 
 def hooked_attention(
@@ -154,7 +170,7 @@ def hooked_attention(
     """The attention function registered as ``auto_hookpoint_<original>``; see the module
     docstring. query ``[batch head pos d_head]``, key/value ``[batch kv_head kv_pos d_head]``."""
     probes = _probes_of(module)
-    if probes is None:
+    if probes is None or not probes.any_active():
         return _original(module)(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
     if probes.rot_q is not None and probes.rot_q.active():
         query = probes.rot_q(query.transpose(1, 2)).transpose(1, 2)
