@@ -57,6 +57,16 @@ class ReadOnlySiteError(AutoHookError, RuntimeError):
     """A hook replaced or edited, in place, the tensor of a site that can only be read."""
 
 
+class NameClashError(AutoHookError, TypeError):
+    """The model has its own attribute under a name auto_hook must store on a hooked
+    model (``hook_dict``, ``mod_dict``, ...); nothing was changed. Rename the model's."""
+
+
+class NameClashWarning(UserWarning):
+    """The model has its own attribute under a name a hooked model gains (``setup``,
+    ``hooks``, ...): the model's own is kept; the message says how to reach ours."""
+
+
 class SplitServerError(AutoHookError, RuntimeError):
     """The split server refused a request (4xx) or failed computing it (5xx).
 

@@ -16,8 +16,11 @@ taken away and the original class is restored.
 
 from __future__ import annotations
 
+import copy
+import copyreg
 import functools
 import logging
+import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -37,7 +40,16 @@ from auto_hookpoint.core.cache import (
 )
 from auto_hookpoint.core.hook_core import HookCore
 from auto_hookpoint.core.sites import Site, SiteKind
-from auto_hookpoint.errors import UnknownHookNameError
+from auto_hookpoint.errors import NameClashWarning, UnknownHookNameError
+from auto_hookpoint.name_clashes import (
+    ModelFirst,
+    added_methods,
+    class_clashes,
+    how_to_reach,
+    instance_clashes,
+    raw_attribute,
+    refuse_stored_name_clashes,
+)
 from auto_hookpoint.scoped_hooks import scoped_hooks
 from auto_hookpoint.split.early_output import EarlyOutput
 from auto_hookpoint.split.exit import run_until
@@ -74,8 +86,13 @@ class _Unwrap:
 
     def __get__(self, obj: Any, owner: type) -> Callable[[], Any]:
         if obj is None:
-            return lambda: owner.__dict__.get("__auto_hook_original__", owner)
+            return functools.partial(original_class, owner)
         return functools.partial(unwrap, obj)
+
+
+def original_class(cls: type) -> type:
+    """The class ``@auto_hook`` decorated (``cls`` itself when it is not a decorated one)."""
+    return cls.__dict__.get("__auto_hook_original__", cls)  # type: ignore[no-any-return]
 
 
 class HookedModule:
@@ -110,7 +127,8 @@ class HookedModule:
                 "WARNING: Hooks will be reset at the end of run_with_hooks. This removes "
                 "the backward hooks before a backward pass can occur."
             )
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+        # HookedModule.hooks, not self.hooks: the model may have a hooks() of its own.
+        with HookedModule.hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)  # type: ignore[operator]
 
     def hooks(
@@ -122,6 +140,9 @@ class HookedModule:
     ) -> Any:
         """TransformerLens' ``hooks()`` context manager, with hooks that belong to the
         thread or task that added them; see :mod:`auto_hookpoint.scoped_hooks`."""
+        core_of(self, "hooks()")  # a TypeError naming the fix on a model that is not hooked
+        for argument, specs in (("fwd_hooks", fwd_hooks), ("bwd_hooks", bwd_hooks)):
+            _check_hook_specs(argument, specs)
         return scoped_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
 
     def run_with_cache(
@@ -148,10 +169,13 @@ class HookedModule:
         names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
         check_batch_removable(model_args, remove_batch_dim)
         if incl_bwd or not reset_hooks_end:
-            return super().run_with_cache(  # type: ignore[misc, no-any-return]
+            # HookedRootModule's, named: super() could reach a run_with_cache of the
+            # model's own class, which stands after HookedModule.
+            return HookedRootModule.run_with_cache(  # type: ignore[no-any-return]
+                self,  # type: ignore[arg-type]
                 *model_args,
                 names_filter=names,
-                device=device,
+                device=device,  # type: ignore[arg-type]
                 remove_batch_dim=remove_batch_dim,
                 incl_bwd=incl_bwd,
                 reset_hooks_end=reset_hooks_end,
@@ -170,7 +194,7 @@ class HookedModule:
             )
         finally:
             if clear_contexts:
-                self.clear_contexts()  # type: ignore[attr-defined]
+                HookedRootModule.clear_contexts(self)  # type: ignore[arg-type]
 
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
@@ -212,12 +236,84 @@ class HookedModule:
             self.__class__ = hooked_class  # _detach restored the original class
             _attach(self, HookCore(self, core.inputs, core.leaves))  # type: ignore[arg-type]
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickle (``torch.save(model)``, ``pickle.dumps``) an instance hooked by
+        ``auto_hook(model)`` as its original class plus its state: the composed class
+        cannot be found by name, so loading composes it again and the model comes back
+        hooked, with its sites. (Instances of an ``@auto_hook`` class pickle as that
+        class, which is found by name.)
+
+        A model that holds hooks, or that an observer is watching, is refused:
+        TransformerLens keeps each hook in a closure, which pickle cannot save.
+        """
+        core = self.__dict__.get(_CORE)
+        if core is not None and (core.hooked or core.installed_hook_count()):
+            held = list(core.hooked)[:3] or ["an observer (capture, trace, ...) is active"]
+            raise pickle.PicklingError(
+                f"cannot pickle this hooked {type(self).__name__}: hooks are in place "
+                f"({', '.join(held)}). TransformerLens keeps hooks in closures, which pickle "
+                "cannot save: call model.reset_hooks(including_permanent=True) (and leave "
+                "any observer's `with` block) before saving, and add the hooks again after "
+                "loading; or save the weights alone with model.state_dict()."
+            )
+        reduced = super().__reduce_ex__(protocol)
+        cls = type(self)
+        original = cls.__dict__.get("__auto_hook_original__")
+        if (
+            _INSTANCE_CLASSES.get(original) is cls  # type: ignore[arg-type]
+            and isinstance(reduced, tuple)
+            and reduced[0] is copyreg.__newobj__  # type: ignore[attr-defined]
+            and reduced[1][0] is cls
+        ):
+            return (_new_hooked, (original, *reduced[1][1:]), *reduced[2:])
+        return reduced
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        """``copy.deepcopy``: what Python's default does, hooks included (a deep copy
+        shares the hook functions), without the pickling path's refusal of hooks."""
+        own = getattr(super(), "__deepcopy__", None)
+        if own is not None:  # the model's class copies itself
+            return own(memo)
+        cls = type(self)
+        copied = cls.__new__(cls)
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # type: ignore[attr-defined]
+        return copied
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A user subclass of a decorated class: attach once the outermost __init__ is done.
+        if cls.__dict__.get("__auto_hook_composed__"):
+            return  # a class auto_hook composes, not a user subclass
+        # A user subclass of a decorated class: its own names follow the name-clash
+        # rule (hooked.name_clashes), and it is hooked once the outermost __init__ is done.
+        refuse_stored_name_clashes(cls)
+        _warn_name_clashes(
+            cls.__qualname__, {n: f"{cls.__qualname__} defines it" for n in vars(cls) if n in ADDED}
+        )
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_auto_hook_attaches", False):
             setattr(cls, "__init__", _attach_after(init))  # noqa: B010
+
+
+def _check_hook_specs(argument: str, specs: Any) -> None:
+    """``fwd_hooks``/``bwd_hooks`` are a list of (site name or name predicate, hook) pairs."""
+    shape = f"{argument} is a list of (site name, hook) pairs, e.g. [('layers.0.hook_point', fn)]"
+    if isinstance(specs, (str, Mapping)) or not isinstance(specs, (list, tuple)):
+        raise TypeError(f"{shape}; got a {type(specs).__name__}")
+    for spec in specs:
+        if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
+            raise TypeError(f"{shape}; got the entry {spec!r}")
+        name, hook = spec
+        if not (isinstance(name, str) or callable(name)):
+            raise TypeError(f"{shape}: the name in {spec!r} is neither a string nor a predicate")
+        if not callable(hook):
+            what = type(hook).__name__
+            raise TypeError(f"{shape}: the hook for {name!r} is a {what}, not a function")
+
+
+# Every method name a hooked model gains, with our attribute, and whose it is.
+ADDED: dict[str, Any] = added_methods(HookedModule)
+_OWNER = {n: "HookedModule" if n in vars(HookedModule) else "HookedRootModule" for n in ADDED}
 
 
 @overload
@@ -241,6 +337,9 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
     ``@auto_hook(inputs=True)`` works as a decorator. Applying it to something already
     hooked warns and returns it unchanged.
     """
+    for option, value in (("inputs", inputs), ("leaves", leaves)):
+        if not isinstance(value, bool):
+            raise TypeError(f"auto_hook's {option}= is True or False, not {value!r}")
     if target is None:
         return functools.partial(auto_hook, inputs=inputs, leaves=leaves)
     if isinstance(target, type):
@@ -252,6 +351,9 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
         if issubclass(target, HookedModule):
             warnings.warn(f"{target.__qualname__} is already auto_hooked", stacklevel=2)
             return target
+        if issubclass(target, torch.jit.ScriptModule):
+            what = f"{target.__qualname__} is a TorchScript class"
+            raise TypeError(_TORCHSCRIPT.format(what=what))
         return _decorated_class(target, inputs, leaves)
     if isinstance(target, HookedModule):
         warnings.warn(f"this {type(target).__name__} is already auto_hooked", stacklevel=2)
@@ -261,15 +363,62 @@ def auto_hook(target: Any = None, *, inputs: bool = False, leaves: bool = False)
             f"auto_hook takes an nn.Module instance (e.g. auto_hook(model)) or an nn.Module "
             f"subclass (as @auto_hook); got {type(target).__module__}.{type(target).__qualname__}."
         )
-    core = HookCore(target, inputs, leaves)  # may raise; nothing on the model has changed yet
+    # Refusals and HookCore may raise; nothing on the model has changed before them.
     original = type(target)
+    _refuse_torchscript(target)
+    refuse_stored_name_clashes(original, target)
+    core = HookCore(target, inputs, leaves)
     target.__class__ = _instance_class(original)
     try:
         _attach(target, core)
     except BaseException:
         _detach(target)
         raise
+    clashes = {**type(target).__dict__["__auto_hook_clashes__"], **_instance_clashes(target)}
+    _warn_name_clashes(original.__qualname__, clashes)
     return target
+
+
+_TORCHSCRIPT = (
+    "auto_hook cannot hook TorchScript: {what} (a torch.jit.script or torch.jit.trace "
+    "result), and TorchScript modules take no Python hooks. Pass auto_hook the original "
+    "nn.Module instead (before torch.jit.script/trace); to compile a hooked model, use "
+    "torch.compile."
+)
+
+
+def _refuse_torchscript(model: nn.Module) -> None:
+    for path, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            what = f"the submodule {path!r} is" if path else "this model is"
+            raise TypeError(_TORCHSCRIPT.format(what=f"{what} a {type(module).__name__}"))
+
+
+def _instance_clashes(model: nn.Module) -> dict[str, str]:
+    return {
+        name: "a submodule, parameter, buffer or attribute of the instance"
+        for name in instance_clashes(model, ADDED)
+    }
+
+
+def _warn_name_clashes(model_class: str, clashes: dict[str, str]) -> None:
+    """Say which of the model's own attributes stand in front of ours, and how to reach
+    ours (see auto_hookpoint.name_clashes)."""
+    if not clashes:
+        return
+    listed = "; ".join(
+        f"{name} ({where}; auto_hookpoint's: {how_to_reach(name, _OWNER[name])})"
+        for name, where in clashes.items()
+    )
+    warnings.warn(
+        NameClashWarning(
+            f"{model_class} has its own attributes under names a hooked model gains: "
+            f"{listed}. The model's own are kept, so model.<name> is yours (and so is what "
+            "TransformerLens or sae_lens code calling that name gets); auto_hookpoint's own "
+            "stay reachable as shown."
+        ),
+        stacklevel=3,
+    )
 
 
 def unwrap(model: M) -> M:
@@ -292,11 +441,10 @@ def unwrap(model: M) -> M:
 def _attach(model: nn.Module, core: HookCore) -> None:
     state = model.__dict__
     saved: dict[str, Any] = {name: state[name] for name in _STATE if name in state}
+    # The handles themselves (not their ids): copied with the model by deepcopy and
+    # pickle, they still say which hooks were there before auto_hook.
     hand_placed = {
-        site.name: (
-            site.hook_point.name,
-            {id(h) for h in site.hook_point.fwd_hooks + site.hook_point.bwd_hooks},
-        )
+        site.name: (site.hook_point.name, [*site.hook_point.fwd_hooks, *site.hook_point.bwd_hooks])
         for site in core.sites.values()
         if site.kind is SiteKind.HOOK_POINT
     }
@@ -328,7 +476,7 @@ def _detach(model: nn.Module) -> None:
         for name, (old_name, kept) in hand_placed.items():
             hook_point = core.sites[name].hook_point
             for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):
-                for handle in [h for h in handles if id(h) not in kept]:
+                for handle in [h for h in handles if not any(h is k for k in kept)]:
                     handle.hook.remove()
                     handles.remove(handle)
             hook_point.name = old_name
@@ -339,15 +487,26 @@ def _detach(model: nn.Module) -> None:
 
 
 def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:
+    """The class of a hooked ``original``: HookedModule, then ``original``, then
+    HookedRootModule. Of every method name a hooked model gains, the model's own class
+    keeps its own; the others stand aside for the instance's submodules, parameters and
+    buffers of that name (auto_hookpoint.name_clashes)."""
+    refuse_stored_name_clashes(original)
     bases: tuple[type, ...] = (HookedModule, original)
     if not issubclass(original, HookedRootModule):
         bases += (HookedRootModule,)
+    clashes = class_clashes(original, ADDED)
+    for name, ours in ADDED.items():
+        theirs = clashes.get(name)
+        namespace[name] = raw_attribute(theirs, name) if theirs else ModelFirst(name, ours)
     namespace = {
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
         "__doc__": original.__doc__,
         "__auto_hook_original__": original,
         "__auto_hook_composed__": True,
+        # name -> where the model's own comes from, for the NameClashWarning
+        "__auto_hook_clashes__": {n: f"{c.__qualname__} defines it" for n, c in clashes.items()},
         **namespace,
     }
     metaclass: Any = type(original)  # the original's metaclass, whatever it is
@@ -365,6 +524,13 @@ def _instance_class(original: type[nn.Module]) -> type[Any]:
     return composed
 
 
+def _new_hooked(original: type[nn.Module], *args: Any) -> Any:
+    """Unpickling: a new, empty instance of the class auto_hook composes for ``original``
+    (its state, the hook core included, is set next by ``__setstate__``)."""
+    cls = _instance_class(original)
+    return cls.__new__(cls, *args)
+
+
 def _decorated_class(original: type[M], inputs: bool = False, leaves: bool = False) -> type[M]:
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         super(hooked, self).__init__(*args, **kwargs)
@@ -372,6 +538,7 @@ def _decorated_class(original: type[M], inputs: bool = False, leaves: bool = Fal
     functools.update_wrapper(init, original.__init__)
     options = {"__init__": _attach_after(init), "__auto_hook_options__": (inputs, leaves)}
     hooked = _compose(original, options)
+    _warn_name_clashes(original.__qualname__, hooked.__auto_hook_clashes__)
     return hooked
 
 
@@ -391,7 +558,10 @@ def _attach_after(init: Callable[..., None]) -> Callable[..., None]:
                 self.__dict__.pop(_INIT_DEPTH, None)
         if not depth:
             options = getattr(type(self), "__auto_hook_options__", (False, False))
+            _refuse_torchscript(self)
+            refuse_stored_name_clashes(type(self), self)
             _attach(self, HookCore(self, *options))
+            _warn_name_clashes(type(self).__qualname__, _instance_clashes(self))
 
     __init__._auto_hook_attaches = True  # type: ignore[attr-defined]
     return __init__

@@ -13,12 +13,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
 
-# The models here are tiny: torch's intra-op threads only spin against each other and
-# against whatever else shares the machine (measured: the adapter tests take 5x the CPU
-# time with 2 threads than with 1 on a loaded 2-core machine, for the same results).
-import torch  # noqa: E402
+# One torch thread per test process (and its subprocesses): on two cores, shared with
+# a second pytest worker or other jobs, torch's default of a thread per core makes
+# them spin against each other, ten times slower for these small models.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-torch.set_num_threads(1)
+import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads on import)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # What the installed stack lacks decides what runs: TransformerLens 4 removed
 # HookedTransformer (the parity oracle, marked `tl3`), and sae_lens 6 needs
@@ -36,7 +38,6 @@ HAS_SAE_LENS = importlib.util.find_spec("sae_lens") is not None
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tl3: needs TransformerLens 3 (HookedTransformer)")
     config.addinivalue_line("markers", "sae_lens: needs sae_lens (so TransformerLens 3)")
-    config.addinivalue_line("markers", "tl4: the adapter on TransformerLens 4 (runs on 3 too)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

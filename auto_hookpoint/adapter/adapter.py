@@ -56,6 +56,7 @@ from auto_hookpoint.core.cache import (
     check_batch_removable,
     resolve_names_filter,
 )
+from auto_hookpoint.core.devices import accelerate_forward, execution_device
 from auto_hookpoint.hooked import HookedModule, auto_hook
 from auto_hookpoint.scoped_hooks import scoped_hooks
 
@@ -118,7 +119,7 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
         self.cfg = hooked_transformer_config(model, mapping)
         if hooked_transformer_cfg is not None:
             self.cfg = hooked_transformer_cfg
-            if move_to_device:
+            if move_to_device and not _dispatched(model):
                 self.model.to(hooked_transformer_cfg.device)
         self.tokenizer = tokenizer
         if tokenizer is not None:
@@ -132,9 +133,17 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> HookedTransformerAdapter:
-        """Load a causal LM and its tokenizer from a local HF folder, and adapt it."""
-        model, tokenizer = _load(str(path))
-        return cls(model, tokenizer, **kwargs)
+        """Load a causal LM and its tokenizer from a local HF folder, and adapt it.
+
+        The adapter's own options (``mapping``, ``default_padding_side``, ...) are taken
+        from ``kwargs``; everything else goes to transformers' ``from_pretrained``:
+        ``device_map`` (``"auto"`` or a dict; blocks on CPU or ``"disk"`` are offloaded by
+        accelerate), ``max_memory``, ``offload_folder``, ``dtype``/``torch_dtype``,
+        ``attn_implementation``, ... Tokens then go to the embedding's device.
+        """
+        options = {name: kwargs.pop(name) for name in _ADAPTER_OPTIONS if name in kwargs}
+        model, tokenizer = _load(str(path), **kwargs)
+        return cls(model, tokenizer, **options)
 
     def setup(self) -> None:
         """hook_dict / mod_dict: the HF model's sites and the TransformerLens names."""
@@ -287,12 +296,19 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
     def remove_all_hook_fns(self, *args: Any, **kwargs: Any) -> None:
         self.model.remove_all_hook_fns(*args, **kwargs)
 
+    @property
+    def _tokens_device(self) -> torch.device:
+        """Where tokens go: the device the token embedding computes on (on a model
+        dispatched by accelerate, its execution device)."""
+        embed = self.model.get_submodule(self.mapping.embed)
+        return execution_device(embed) or torch.device(self.cfg.device or "cpu")
+
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``.to()``, ``.cuda()``, ``.half()`` ...: the cfg follows the weights."""
         result = super()._apply(fn, *args, **kwargs)
         if "cfg" in self.__dict__:
-            embedding = self.model.get_submodule(self.mapping.embed).weight
-            self.cfg.device, self.cfg.dtype = str(embedding.device), embedding.dtype
+            embed = self.model.get_submodule(self.mapping.embed)
+            self.cfg.device, self.cfg.dtype = str(self._tokens_device), embed.weight.dtype
         return result
 
 
@@ -317,8 +333,23 @@ def _resolve(
     return mapping, detected
 
 
-def _load(path: str) -> tuple[nn.Module, Any]:
+# HookedTransformerAdapter.__init__'s own keyword options (from_pretrained keeps them).
+_ADAPTER_OPTIONS = (
+    "mapping", "adapter_cfg", "hooked_transformer_cfg", "input_embedding_name",
+    "move_to_device", "default_padding_side",
+)  # fmt: skip
+# Options of transformers' from_pretrained that locate the files: the tokenizer's too.
+_LOCATING = ("revision", "cache_dir", "local_files_only", "token", "trust_remote_code", "subfolder")
+
+
+def _load(path: str, **hf_kwargs: Any) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs).eval()
+    locating = {name: hf_kwargs[name] for name in _LOCATING if name in hf_kwargs}
+    return model, AutoTokenizer.from_pretrained(path, **locating)
+
+
+def _dispatched(model: nn.Module) -> bool:
+    """Placed by accelerate (device_map): moving it would undo the placement."""
+    return any(accelerate_forward(module) for module in model.modules())

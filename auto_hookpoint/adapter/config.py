@@ -16,6 +16,7 @@ from torch import nn
 from auto_hookpoint.adapter.architectures import ArchitectureMapping
 from auto_hookpoint.adapter.norms import is_rms_norm, norm_eps
 from auto_hookpoint.adapter.tl_compat import TLConfig
+from auto_hookpoint.core.devices import execution_device
 
 # Families whose TransformerLens config does not prepend a BOS token by default.
 _NO_DEFAULT_BOS = {"gpt_neox", "bloom", "qwen", "qwen2", "qwen3", "phi"}
@@ -37,7 +38,8 @@ def hooked_transformer_config(
     modules."""
     hf = getattr(model, "config", None)
     model_type = getattr(hf, "model_type", None)
-    weight: torch.Tensor = model.get_submodule(mapping.embed).weight  # type: ignore[assignment]
+    embed = model.get_submodule(mapping.embed)
+    weight: torch.Tensor = embed.weight  # type: ignore[assignment]
     d_vocab, d_model = weight.shape
     n_heads = _first(hf, "num_attention_heads", "n_head", "num_heads", default=1)
     n_kv = _first(hf, "num_key_value_heads")
@@ -77,7 +79,9 @@ def hooked_transformer_config(
         "default_prepend_bos": model_type not in _NO_DEFAULT_BOS,
         "model_name": _first(hf, "_name_or_path", default="") or type(model).__name__,
         "original_architecture": (_first(hf, "architectures") or [type(model).__name__])[0],
-        "device": str(weight.device),
+        # Where the embedding computes: on a model dispatched by accelerate its
+        # execution device, even while its weight is offloaded (meta).
+        "device": str(execution_device(embed) or weight.device),
         "dtype": weight.dtype,
         "tokenizer_prepends_bos": None,
     }

@@ -24,7 +24,7 @@ from auto_hookpoint.adapter.views import CURRENT_BATCH
 
 class GenerateMixin:
     """HookedTransformer.generate, for a class with ``model``, ``tokenizer``, ``cfg``,
-    ``to_tokens`` and ``_takes_position_ids``."""
+    ``to_tokens``, ``_takes_position_ids`` and ``_tokens_device``."""
 
     model: Any
     tokenizer: Any
@@ -66,7 +66,7 @@ class GenerateMixin:
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=side)  # type: ignore[attr-defined]
             return_type = "str" if return_type == "input" else return_type
         elif isinstance(input, torch.Tensor) and input.dim() == 2:
-            tokens = input.to(self.cfg.device)
+            tokens = input.to(self._tokens_device)  # type: ignore[attr-defined]
             return_type = "tokens" if return_type == "input" else return_type
         else:
             raise TypeError("generate takes a string, a list of strings or [batch pos] tokens")

@@ -54,6 +54,14 @@ class HookedTransformerConfig_From_AutoConfig(TLConfig):  # type: ignore[misc, v
 
     @classmethod
     def from_auto_config(cls, auto_config: Any, **kwargs: Any) -> Any:
+        needed = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size")
+        missing = [name for name in needed if not hasattr(auto_config, name)]
+        if missing:
+            raise TypeError(
+                "from_auto_config takes a transformers config (model.config, or "
+                f"AutoConfig.from_pretrained(folder)); this {type(auto_config).__name__} "
+                f"has no {', '.join(missing)}"
+            )
         n_heads = auto_config.num_attention_heads
         values = {
             "n_layers": auto_config.num_hidden_layers,

@@ -32,7 +32,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_detected(adapter: Any, names: list[str]) -> None:
     """Remove from ``adapter`` the detected names the forward does not confirm; warn."""
     core = core_of(adapter.model)
-    tokens = torch.arange(1, 5, device=adapter.cfg.device)[None] % adapter.cfg.d_vocab
+    tokens = torch.arange(1, 5)[None] % adapter.cfg.d_vocab
     final_norm = f"{adapter.mapping.ln_final}.hook_point" if adapter.mapping.ln_final else ""
     watched = [*names, final_norm] if final_norm in core.sites else names
     try:

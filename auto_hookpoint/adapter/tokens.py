@@ -63,6 +63,10 @@ class TokensMixin:
     cfg: Any
     W_U: torch.Tensor
 
+    @property
+    def _tokens_device(self) -> torch.device:  # where the token embedding computes
+        raise NotImplementedError
+
     def _tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError(
@@ -105,7 +109,7 @@ class TokensMixin:
             )["input_ids"]
             if not bos and prepends:
                 tokens = tl_utils.get_tokens_with_bos_removed(tokenizer, tokens)
-        return tokens.to(self.cfg.device) if move_to_device else tokens
+        return tokens.to(self._tokens_device) if move_to_device else tokens
 
     def to_string(self, tokens: Any) -> str | list[str]:
         """Tokens to text: a list of strings for ``[batch pos]``, one string otherwise."""
@@ -214,7 +218,7 @@ def model_inputs(
         tokens = owner.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
     elif isinstance(input, torch.Tensor):
         tokens = input[None] if input.dim() == 1 else input
-        tokens = tokens.to(owner.cfg.device)
+        tokens = tokens.to(owner._tokens_device)
     else:
         raise TypeError(
             f"the adapter takes a string, a list of strings or a tensor of token ids, "

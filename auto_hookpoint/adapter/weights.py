@@ -4,8 +4,9 @@
 with ``.attn.W_Q/W_K/W_V/W_O/b_*`` and ``.mlp.W_in/W_gate/W_out/b_in/b_out``, in
 TransformerLens' shapes and with the values TransformerLens' weight converters give for
 the same model (the parity suite compares them). They are computed on each access from
-the live parameters (views where the layout allows), so they follow training and
-``.to()``. A part the architecture lacks (no bias) is zeros, as in TransformerLens.
+the live parameters (views where the layout allows; on a model offloaded by accelerate,
+from where accelerate keeps them), so they follow training and ``.to()``. A part the
+architecture lacks (no bias) is zeros, as in TransformerLens.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ import torch
 from torch import nn
 
 from auto_hookpoint.adapter.architectures import ArchitectureMapping, BlockParts
+from auto_hookpoint.core.devices import resting_tensor
 
 
 def _in_out(module: nn.Module) -> torch.Tensor:
-    """The weight as ``[in, out]``: a Linear stores ``[out, in]``, GPT-2's Conv1D ``[in, out]``."""
-    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    """The weight as ``[in, out]``: a Linear stores ``[out, in]``, GPT-2's Conv1D ``[in, out]``
+    (where accelerate keeps it, if offloaded)."""
+    weight = resting_tensor(module, "weight")
     return weight if type(module).__name__ == "Conv1D" else weight.T
 
 
 def _bias(module: nn.Module, size: int, like: torch.Tensor) -> torch.Tensor:
-    bias = getattr(module, "bias", None)
-    return bias if isinstance(bias, torch.Tensor) else like.new_zeros(size)
+    if not isinstance(getattr(module, "bias", None), torch.Tensor):
+        return like.new_zeros(size)
+    return resting_tensor(module, "bias")
 
 
 class AttentionWeights:
@@ -213,8 +217,8 @@ class WeightsMixin:
         """The token embedding ``[d_vocab d_model]``, scaled as the model scales it (Gemma)."""
         embed = self.model.get_submodule(self.mapping.embed)
         scale = getattr(embed, "embed_scale", None)
-        weight: torch.Tensor = embed.weight
-        return weight if scale is None else weight * scale.to(weight.dtype)
+        weight = resting_tensor(embed, "weight")
+        return weight if scale is None else weight * scale.to(weight)
 
     @property
     def W_pos(self) -> torch.Tensor:  # noqa: N802
@@ -224,17 +228,18 @@ class WeightsMixin:
                 f"{self.cfg.original_architecture} has no learned position embedding"
             )
         module = self.model.get_submodule(self.mapping.pos_embed)
-        return module.weight[getattr(module, "offset", 0) :]  # type: ignore[no-any-return]
+        return resting_tensor(module, "weight")[getattr(module, "offset", 0) :]
 
     @property
     def W_U(self) -> torch.Tensor:  # noqa: N802
         """The unembedding ``[d_model d_vocab]``."""
-        return self.model.get_submodule(self.mapping.unembed).weight.T  # type: ignore[no-any-return]
+        return resting_tensor(self.model.get_submodule(self.mapping.unembed), "weight").T
 
     @property
     def b_U(self) -> torch.Tensor:  # noqa: N802
         head = self.model.get_submodule(self.mapping.unembed)
-        return _bias(head, head.weight.shape[0], head.weight)
+        weight = resting_tensor(head, "weight")
+        return _bias(head, weight.shape[0], weight)
 
     def _stacked(self, part: str, name: str) -> torch.Tensor:
         return torch.stack([getattr(getattr(block, part), name) for block in self.blocks])

@@ -3,15 +3,15 @@
 Per module it keeps at most one torch hook of each kind:
 
 * a forward hook that fires the module's OUTPUT sites (its own, then any aliases);
-* a forward pre-hook that fires its INPUT sites and, for PARAMETER sites, shows each
-  parameter to its HookPoint and lends the module whatever the hook returns for the
-  duration of the call;
-* an always-called forward hook that gives the module its real parameters back, also
-  when the forward raises.
+* a forward pre-hook that fires its INPUT sites (and tells observers the module is entered);
+* for PARAMETER sites, what :class:`~auto_hookpoint.core.lending.ParameterLending` places
+  to show each parameter to its HookPoint and lend the module what the hook returns, for
+  the call (on a module dispatched by accelerate, inside accelerate's own forward).
 
 A module carries these only while one of its sites is *active*: its HookPoint holds a
 hook, or an observer is watching it. Activity changes are counted and applied under a
-lock, so with nothing active the model runs torch's own hook-free fast path.
+lock, so with nothing active the model runs torch's own hook-free fast path. A module
+muted in the current context (a block that ``resume_from`` skips) fires none of its sites.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from auto_hookpoint.core.lending import ParameterLending
+from auto_hookpoint.core.muting import is_muted
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
 from auto_hookpoint.core.sites import Site, SiteKind, SiteView, discover_sites
@@ -41,15 +43,12 @@ class _ModuleHooks:
         self.output_sites: list[Site] = []
         self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
-        self.param_sites: list[Site] = []
+        self.lending = ParameterLending(self, module)
+        self.param_sites = self.lending.sites
         self.observer_counts: dict[str, int] = {}
         self.enter_watchers = 0  # observers of its output sites that want on_enter
         self.output_handle: RemovableHandle | None = None
         self.pre_handle: RemovableHandle | None = None
-        self.return_handle: RemovableHandle | None = None
-        # Real parameters stashed while the module runs with hooked ones; a stack,
-        # because a module may be called again from inside its own forward.
-        self.lent: list[dict[str, Any]] = []
 
     def add(self, site: Site) -> None:
         if site.kind is SiteKind.PARAMETER:
@@ -68,7 +67,9 @@ class _ModuleHooks:
 
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
-    def fire_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+    def fire_output(self, module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        if is_muted(module):
+            return None
         # Which observers watch each output site, asked once per call.
         watching = self._watching(self.output_sites)
         path = find_primary(output)
@@ -99,8 +100,10 @@ class _ModuleHooks:
         return replaced
 
     def before_forward(
-        self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if is_muted(module):
+            return None
         replaced = None
         if self.enter_watchers:
             for site, observers in self._watching(self.output_sites):
@@ -114,8 +117,6 @@ class _ModuleHooks:
                 fired = self._fire(self._watching(self.input_sites), tensor, path[1:])
                 if fired is not tensor:
                     replaced = replace_at(inputs, path, fired)
-        if self.param_sites:
-            self._lend_params()
         return replaced
 
     def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
@@ -141,27 +142,9 @@ class _ModuleHooks:
                 observer.on_output(site, tensor, path)
         return tensor
 
-    def _lend_params(self) -> None:
-        parameters = self.module._parameters
-        real: dict[str, Any] = {}
-        for site in self.param_sites:
-            name = site.param_name
-            assert name is not None
-            param = parameters[name]
-            if param is None:
-                continue
-            shown = self._fire(self._watching([site]), param, ())
-            if shown is not param:
-                real[name] = param
-                # The module reads self.<name> through Module.__getattr__, which looks
-                # in _parameters: the hooked tensor is what it computes with, and
-                # autograd carries gradients through it to the real parameter.
-                parameters[name] = shown
-        self.lent.append(real)
-
-    def return_params(self, _module: nn.Module, _args: Any, _output: Any) -> None:
-        if self.lent:
-            self.module._parameters.update(self.lent.pop())
+    def fire_parameter(self, site: Site, parameter: Any) -> Any:
+        """Fire a PARAMETER site (called by the module's ParameterLending)."""
+        return self._fire(self._watching([site]), parameter, ())
 
 
 def _fire_view(
@@ -332,10 +315,8 @@ class HookCore:
         with self._lock:
             want_output = any(hooks.is_active(s) for s in hooks.output_sites + hooks.leaf_sites)
             want_params = any(hooks.is_active(s) for s in hooks.param_sites)
-            want_pre = (
-                want_params
-                or hooks.enter_watchers > 0
-                or any(hooks.is_active(s) for s in hooks.input_sites)
+            want_pre = hooks.enter_watchers > 0 or any(
+                hooks.is_active(s) for s in hooks.input_sites
             )
             module = hooks.module
             if want_output and hooks.output_handle is None:
@@ -350,14 +331,10 @@ class HookCore:
             elif not want_pre and hooks.pre_handle is not None:
                 hooks.pre_handle.remove()
                 hooks.pre_handle = None
-            if want_params and hooks.return_handle is None:
-                # prepend: the real parameters are back before any output hook runs.
-                hooks.return_handle = module.register_forward_hook(
-                    hooks.return_params, prepend=True, always_call=True
-                )
-            elif not want_params and hooks.return_handle is not None:
-                hooks.return_handle.remove()
-                hooks.return_handle = None
+            if want_params:
+                hooks.lending.place()
+            else:
+                hooks.lending.remove()
 
     @contextlib.contextmanager
     def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
@@ -396,9 +373,7 @@ class HookCore:
         """How many torch hooks the core has on the model right now (0 when idle)."""
         with self._lock:
             return sum(
-                (h.output_handle is not None)
-                + (h.pre_handle is not None)
-                + (h.return_handle is not None)
+                (h.output_handle is not None) + (h.pre_handle is not None) + h.lending.hook_count()
                 for h in self._all_module_hooks()
             )
 

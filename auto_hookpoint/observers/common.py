@@ -27,6 +27,11 @@ def module_sites(
         return sites
     if callable(names):
         return [n for n in sites if names(n)]
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            "names must be a list of module-output site names or a function of the site "
+            f"name (None: every module); got {names!r}"
+        )
     wanted = list(names)
     for name in wanted:
         if name not in sites:

@@ -21,6 +21,7 @@ from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
 from auto_hookpoint.split.early_output import EarlyOutput, cached_fingerprint
+from auto_hookpoint.split.inputs import input_shapes
 
 
 class SplitExit(Exception):  # noqa: N818 - control flow, not an error
@@ -44,11 +45,14 @@ class SplitObserver(Observer):
         self.split_path: Path = ()
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
-        self.activations[site.name] = tensor.detach()
         self.order.append(site.name)
         if site.name == self.site:
+            # Nothing runs after this, so nothing can change it: no copy needed.
+            self.activations[site.name] = tensor.detach()
             self.split_path = path
             raise SplitExit(self)
+        # The forward goes on and may change this tensor in place (x += ...): keep a copy.
+        self.activations[site.name] = tensor.detach().clone()
 
 
 def run_until(
@@ -61,6 +65,8 @@ def run_until(
     forward ends without ``site`` firing.
     """
     core = core_of(model, "run_until")
+    if isinstance(bank, str):  # one name, not its characters
+        bank = [bank]
     observer = SplitObserver(site, bank)
     for name in observer.watched:
         if name not in core.sites:
@@ -78,6 +84,7 @@ def run_until(
             type(model).__name__,
             output_path=list(observer.split_path),
             fingerprint=cached_fingerprint(model),
+            inputs=input_shapes(model, args, kwargs),
             source=weakref.ref(model),
         )
     raise SiteNeverFiredError(
