@@ -126,8 +126,11 @@ def test_an_edit_at_each_name_lands_where_it_does_in_transformer_lens(pair: tupl
                 continue
             expected = oracle.run_with_hooks(TOKENS, attention_mask=LEFT, fwd_hooks=hooks)[rows]
             edited = adapter.run_with_hooks(TOKENS, attention_mask=LEFT, fwd_hooks=hooks)[rows]
-            assert (expected - plain[rows]).abs().max() > 1e-4, f"{name}: the edit did nothing"
-            assert (edited - expected).abs().max() < 1e-5, f"{family} {name}"
+            effect = (expected - plain[rows]).abs().max()
+            assert effect > 1e-4, f"{name}: the edit did nothing"
+            # Float noise only: within 1e-5, or a thousandth of what the edit does.
+            bound = max(1e-5, 1e-3 * effect.item())
+            assert (edited - expected).abs().max() < bound, f"{family} {name}"
 
 
 WEIGHTS = ("W_E", "W_pos", "W_U", "b_U", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V",

@@ -26,9 +26,11 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import transformers as tf
 from torch import nn
@@ -55,7 +57,12 @@ class Family:
 
     def build(self, seed: int = 0, vocab: int | None = None) -> nn.Module:
         """The HF model, seeded; ``vocab`` widens it for a real tokenizer."""
-        config = self.config()
+        try:
+            config = self.config()
+        except Exception as error:
+            if type(error).__module__.startswith("huggingface_hub"):  # an old transformers
+                pytest.skip(f"transformers {tf.__version__} cannot build this config: {error}")
+            raise
         if vocab is not None:
             config.vocab_size = vocab
         torch.manual_seed(seed)
@@ -209,8 +216,29 @@ def tokenizer(kind: str) -> Any:
     return tf.AutoTokenizer.from_pretrained(_saved_tokenizer(kind))
 
 
+# The TransformerLens release the parity suite was written against: an older one (CI
+# tests the lowest declared) may not convert every family's current HF layout.
+ORACLE_VERSION = (3, 9)
+
+
 def twin(hf_model: nn.Module, tokenizer: Any = None) -> Any:
-    """TransformerLens' HookedTransformer from ``hf_model``'s weights; see the module doc."""
+    """TransformerLens' HookedTransformer from ``hf_model``'s weights; see the module doc.
+
+    With a TransformerLens older than ORACLE_VERSION that cannot build the twin, the test
+    is skipped, saying so; with ORACLE_VERSION or newer a failure is a failure."""
+    try:
+        return _twin(hf_model, tokenizer)
+    except Exception as error:
+        installed = tuple(int(p) for p in version("transformer_lens").split(".")[:2])
+        if installed >= ORACLE_VERSION:
+            raise
+        pytest.skip(
+            f"TransformerLens {version('transformer_lens')} cannot build the "
+            f"{type(hf_model).__name__} twin ({type(error).__name__}: {error})"
+        )
+
+
+def _twin(hf_model: nn.Module, tokenizer: Any) -> Any:
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
