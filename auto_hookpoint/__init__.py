@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     # the adapter, and the original Auto_HookPoint names
     "HookedTransformerAdapter": "auto_hookpoint.adapter",
     "ArchitectureMapping": "auto_hookpoint.adapter",
+    "BlockParts": "auto_hookpoint.adapter",
     "HookedTransformerAdapterCfg": "auto_hookpoint.adapter",
     "HookedTransformerConfig_From_AutoConfig": "auto_hookpoint.adapter",
     # checking
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "AutoHookError": "auto_hookpoint.errors",
     "HookFunctionError": "auto_hookpoint.errors",
     "UnknownHookNameError": "auto_hookpoint.errors",
+    "ReadOnlySiteError": "auto_hookpoint.errors",
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
     "EarlyOutputError": "auto_hookpoint.errors",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.adapter import (
         ArchitectureError,
         ArchitectureMapping,
+        BlockParts,
         HookedTransformerAdapter,
         HookedTransformerAdapterCfg,
         HookedTransformerConfig_From_AutoConfig,
@@ -105,6 +108,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         HookFunctionError,
         NameClashError,
         NameClashWarning,
+        ReadOnlySiteError,
         ResumeError,
         SiteNeverFiredError,
         SplitConnectionError,

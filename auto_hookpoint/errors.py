@@ -53,6 +53,10 @@ class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
 
 
+class ReadOnlySiteError(AutoHookError, RuntimeError):
+    """A hook replaced or edited, in place, the tensor of a site that can only be read."""
+
+
 class NameClashError(AutoHookError, TypeError):
     """The model has its own attribute under a name auto_hook must store on a hooked
     model (``hook_dict``, ``mod_dict``, ...); nothing was changed. Rename the model's."""

@@ -32,7 +32,12 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from auto_hookpoint.core.attached import CORE_ATTRIBUTE, core_of
-from auto_hookpoint.core.cache import NamesFilter, cached_forward, resolve_names_filter
+from auto_hookpoint.core.cache import (
+    NamesFilter,
+    cached_forward,
+    check_batch_removable,
+    resolve_names_filter,
+)
 from auto_hookpoint.core.compile_guards import guard_hooks_when_compiling
 from auto_hookpoint.core.context import (
     enter_call,
@@ -214,6 +219,7 @@ class HookedModule:
         """
         core = core_of(self)
         names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
+        check_batch_removable(model_args, remove_batch_dim)
         if incl_bwd or not reset_hooks_end:
             # HookedRootModule's, named: super() could reach a run_with_cache of the
             # model's own class, which stands after HookedModule.

@@ -32,6 +32,7 @@ import auto_hookpoint
 from auto_hookpoint import (
     ArchitectureError,
     ArchitectureMapping,
+    BlockParts,
     EarlyOutput,
     EarlyOutputError,
     HookedModule,
@@ -177,6 +178,7 @@ CALLS: dict[str, Bad] = {
     "HookedTransformerAdapter: an object that is not a model": Bad(TypeError, r"needs an HF causal LM: HookedTransformerAdapter\(model, tokenizer\) or .from_pretrained\(folder\); got int", lambda: HookedTransformerAdapter(42)),
     "HookedTransformerAdapter: a model that is not a language model": Bad(ArchitectureError, r"could not find the token embedding of this Nested model. Pass mapping=ArchitectureMapping", lambda: HookedTransformerAdapter(plain())),
     "ArchitectureMapping: a path that is not in the model": Bad(ArchitectureError, r"model.embed", lambda: HookedTransformerAdapter(llama(), mapping=ArchitectureMapping("model.embed", "model.layers", "model.norm", "lm_head"))),
+    "BlockParts: a path that is not in the block": Bad(ArchitectureError, r"block 0 of 'model.layers' has no module 'self_attention' \(BlockParts.attn_out\).*parts=BlockParts", lambda: HookedTransformerAdapter(llama(), mapping=ArchitectureMapping("model.embed_tokens", "model.layers", "model.norm", "lm_head", parts=BlockParts(attn_out="self_attention")))),
     "HookedTransformerAdapterCfg: mappings missing a part": Bad(ArchitectureError, r"mappings must name \['blocks', 'unembed'\]", lambda: HookedTransformerAdapter(llama(), adapter_cfg=HookedTransformerAdapterCfg(mappings={"embed": "model.embed_tokens"}))),
     "HookedTransformerConfig_From_AutoConfig: not a config": Bad(TypeError, r"takes a transformers config \(model.config, .*\); this int has no num_attention_heads", lambda: HookedTransformerConfig_From_AutoConfig.from_auto_config(42)),
     "check_auto_hook: an object that is not a module": Bad(TypeError, r"takes an nn.Module class or instance, not int", lambda: check_auto_hook(42)),

@@ -66,6 +66,7 @@ def test_split_command_on_a_local_model_folder(
     assert "model.layers.2.mlp.hook_point" in capsys.readouterr().out
 
 
+@pytest.mark.sae_lens
 def test_train_sae_command_trains_and_saves_in_sae_lens_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

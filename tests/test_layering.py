@@ -26,6 +26,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "hooked": ("core", "errors", "split", "scoped_hooks", "name_clashes"),
     # split inference across machines: a feature on top of the hooked model
     "remote": ("core", "errors", "split", "observers", "hooked", "remote"),
+    # HookedTransformerAdapter: TransformerLens' surface on the hooked HF model
+    "adapter": ("core", "errors", "split", "hooked", "scoped_hooks", "adapter", "demo"),
 }
 
 

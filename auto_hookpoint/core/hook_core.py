@@ -30,8 +30,9 @@ from auto_hookpoint.core.lending import ParameterLending
 from auto_hookpoint.core.muting import is_muted
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
-from auto_hookpoint.core.sites import Site, SiteKind, discover_sites
+from auto_hookpoint.core.sites import Site, SiteKind, SiteView, discover_sites
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
+from auto_hookpoint.errors import ReadOnlySiteError
 
 
 class _ModuleHooks:
@@ -73,12 +74,12 @@ class _ModuleHooks:
 
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
-    def fire_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+    def fire_output(self, module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
         if torch.compiler.is_dynamo_compiling():
             if isinstance(output, StopForward):  # a compiled forward that ended early
                 return None
             if self._watched_by_untraced():
-                return _eagerly(self.fire_output, module, args, output)
+                return _eagerly(self.fire_output, module, _args, output)
         if is_muted(module):
             return None
         # Which observers watch each output site, asked once per call.
@@ -91,7 +92,7 @@ class _ModuleHooks:
             replaced = None
         else:
             tensor = get_at(output, path)
-            fired = self._fire(watching, tensor, path)
+            fired = self._fire(watching, tensor, path, _args)
             replaced = None if fired is tensor else replace_at(output, path, fired)
         final = output if replaced is None else replaced
         for site in self.leaf_sites:
@@ -151,9 +152,18 @@ class _ModuleHooks:
         counts, core = self.observer_counts, self.core
         return [(site, core.observers_of(site) if site.name in counts else []) for site in sites]
 
-    def _fire(self, watching: list[tuple[Site, list[Observer]]], tensor: Any, path: Path) -> Any:
+    def _fire(
+        self,
+        watching: list[tuple[Site, list[Observer]]],
+        tensor: Any,
+        path: Path,
+        module_args: tuple[Any, ...] = (),
+    ) -> Any:
         """Pass ``tensor`` through each site's HookPoint in turn, then its observers."""
         for site, observers in watching:
+            if site.view is not None:
+                tensor = _fire_view(site, observers, tensor, path, module_args)
+                continue
             hook_point = site.hook_point
             # A model's own HookPoint ran its hooks itself; only ours are called here.
             if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
@@ -200,6 +210,41 @@ class _Observing:
             ACTIVE_OBSERVERS.reset(self.token)
 
 
+def _fire_view(
+    site: Site, observers: list[Observer], tensor: Any, path: Path, module_args: tuple[Any, ...]
+) -> Any:
+    """Fire a site that shows ``tensor`` through its view; write a replacement back."""
+    view = site.view
+    assert view is not None
+    if view.uses_input:
+        where = find_primary(module_args)
+        shown = view.show(tensor, None if where is None else get_at(module_args, where))
+    else:
+        shown = view.show(tensor)
+    version = shown._version  # bumped by any in-place edit
+    fired = shown
+    hook_point = site.hook_point
+    if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
+        if view.write_back is None and hook_point._backward_hooks:
+            raise ReadOnlySiteError(
+                f"{site.name!r} has no gradient of its own here, so a backward hook there "
+                f"would never run: {view.read_only_reason or 'its value is computed for reading'}"
+            )
+        fired = hook_point(shown)
+    edited = fired is not shown or shown._version != version
+    if edited and view.write_back is None:
+        raise ReadOnlySiteError(
+            f"a hook replaced or edited {site.name!r}, which can only be read: "
+            f"{view.read_only_reason or 'its value is computed for reading'}"
+        )
+    for observer in observers:
+        observer.on_output(site, fired, path)
+    if not edited:
+        return tensor
+    assert view.write_back is not None
+    return view.write_back(tensor, fired)
+
+
 class HookCore:
     """Discovers the sites of ``root`` and fires them while they are active."""
 
@@ -239,19 +284,53 @@ class HookCore:
         for table in self.tables:
             table[site.name] = site.hook_point
 
-    def add_site(self, name: str, module_path: str, kind: SiteKind) -> Site:
+    def add_site(
+        self,
+        name: str,
+        module_path: str,
+        kind: SiteKind,
+        *,
+        view: SiteView | None = None,
+        module: nn.Module | None = None,
+    ) -> Site:
         """Add an OUTPUT or INPUT site named ``name`` on the module at ``module_path``.
 
         An OUTPUT site on a module that already has one is an alias: it fires after the
-        module's own site, with what that site passed on. Returns the new site.
+        module's own site, with what that site passed on. ``view`` shows the tensor to
+        the site's hooks in another shape (see :class:`SiteView`). ``module`` places the
+        site on a module outside the model's tree (one its code calls, e.g. from a
+        function it looks up at run time); ``module_path`` then only labels it.
+        Returns the new site.
         """
         if kind not in (SiteKind.OUTPUT, SiteKind.INPUT):
             raise ValueError(f"add_site adds OUTPUT or INPUT sites, not {kind}")
-        module = self.root.get_submodule(module_path)
-        site = Site(name, kind, module, module_path, hook_point=self._new_hook_point(name))
+        if module is None:
+            module = self.root.get_submodule(module_path)
+        site = Site(
+            name, kind, module, module_path, hook_point=self._new_hook_point(name), view=view
+        )
         with self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
         return site
+
+    def remove_site(self, name: str) -> None:
+        """Remove a site added with :meth:`add_site`, its hooks and its torch hooks."""
+        with self._lock:
+            hook_point = self.sites[name].hook_point
+            if isinstance(hook_point, SiteHookPoint):
+                hook_point.remove_hooks("both", including_permanent=True)
+                hook_point._forward_hooks.clear()
+                hook_point._backward_hooks.clear()
+            site = self.sites.pop(name)
+            hooks = self._site_modules.pop(name)
+            self.hooked.pop(name, None)
+            hooks.observer_counts.pop(name, None)
+            for sites in (hooks.output_sites, hooks.input_sites, hooks.leaf_sites):
+                if site in sites:
+                    sites.remove(site)
+            for table in self.tables:
+                dict.pop(table, name, None)
+            self._refresh(hooks)
 
     def leaf_site(self, name: str) -> Site | None:
         """With ``leaves=True``: the site for ``<output site>.<index or field>...``, made on
