@@ -15,7 +15,7 @@ model, tokenizer = auto_hook(demo_model(num_layers=4)), demo_tokenizer()
 inputs = tokenizer(["The pass statement does nothing."] * 8, return_tensors="pt")
 with torch.no_grad(), memory_profile(model) as mem:
     model(**inputs)
-print(mem.table(10))
+print(mem.key_averages().table(row_limit=10))
 try:
     out = Path(tempfile.mkdtemp(prefix="auto_hookpoint_")) / "memory.png"
     mem.save_bar_chart(out)

@@ -15,7 +15,7 @@ model, tokenizer = auto_hook(demo_model()), demo_tokenizer()
 ids = tokenizer("The with statement wraps a block.", return_tensors="pt")["input_ids"]
 with torch.no_grad(), trace(model) as recorded:
     model.generate(ids, max_new_tokens=5, do_sample=False)
-print(recorded.table(10))
+print(recorded.key_averages().table(sort_by="self_ns", row_limit=10))
 out = Path(tempfile.mkdtemp(prefix="auto_hookpoint_")) / "trace.json"
-recorded.save_chrome_trace(out)
+recorded.export_chrome_trace(out)
 print(f"{len(recorded.events)} module calls written to {out}")

@@ -182,7 +182,7 @@ def test_observers_and_check_auto_hook_on_a_dispatched_model(tmp_path: Path) -> 
         with trace(hooked) as timed, memory_profile(hooked) as memory:
             hooked(ids)
         layers = {f"model.layers.{i}" for i in range(LAYERS)}
-        assert layers <= {row.module for row in timed.summary()}
+        assert layers <= {row.module for row in timed.key_averages()}
         assert layers <= {record.module for record in memory.records}
     nan = float("nan")
     edit = [

@@ -66,16 +66,44 @@ def test_trace_records_every_call_with_nesting_and_self_time() -> None:
     assert root.children_ns == sum(e.duration_ns for e in recorded.events[1:])
     assert 0 <= root.self_ns <= root.duration_ns
     assert root.inputs == ["float32[2, 8]"] and root.outputs == ["float32[2, 2]"]
-    summary = {row.module: row for row in recorded.summary()}
-    assert summary["shared"].calls == 2
+    averages = {row.module: row for row in recorded.key_averages()}
+    assert averages["shared"].count == 2
+    assert averages[""].total_ns == root.duration_ns and averages[""].self_ns == root.self_ns
     assert "shared" in recorded.table() and torch_hook_count(model) == 0
+
+
+def test_key_averages_tables_sort_and_cut_as_torch_profiler_does() -> None:
+    model = llama()
+    inputs = ARCHS["llama"].inputs()
+    with torch.no_grad(), trace(model) as recorded, memory_profile(model) as mem:
+        model(**inputs)
+    times = recorded.key_averages()
+    for sort_by, column in [
+        ("self_cpu_time_total", "self_ns"),  # torch.profiler's names for the same times
+        ("cpu_time_total", "total_ns"),
+        ("count", "count"),
+    ]:
+        table = times.table(sort_by=sort_by, row_limit=3).splitlines()
+        top = sorted(times, key=lambda row: getattr(row, column), reverse=True)[:3]
+        assert [line.split()[0] for line in table[1:]] == [r.module or "<root>" for r in top]
+    assert recorded.table(2) == times.table(row_limit=2)  # the README's first spelling
+    memory_rows = mem.key_averages()
+    by_peak = mem.key_averages().table(sort_by="peak_bytes", row_limit=1).splitlines()
+    top = max(memory_rows, key=lambda row: row.peak_bytes)
+    assert by_peak[2].split()[0] == (top.module or "<root>") and len(by_peak) == 3
+    with pytest.raises(ValueError, match="sort_by is one of 'self_ns', .*; got 'cuda_time'"):
+        times.table(sort_by="cuda_time")
+    with pytest.raises(ValueError, match="row_limit is the number of rows"):
+        memory_rows.table(row_limit=0)
 
 
 def test_chrome_trace_file_is_valid(tmp_path: Path) -> None:
     model = llama()
     with trace(model) as recorded:
         model(**ARCHS["llama"].inputs())
-    recorded.save_chrome_trace(tmp_path / "trace.json")
+    recorded.export_chrome_trace(tmp_path / "trace.json")
+    recorded.save_chrome_trace(tmp_path / "first-spelling.json")  # the first README's name
+    assert (tmp_path / "first-spelling.json").read_text() == (tmp_path / "trace.json").read_text()
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert len(events) == len(recorded.events) > 20
     for event in events:
@@ -134,7 +162,8 @@ def test_memory_counts_output_bytes_and_reports_table_data_and_chart(tmp_path: P
     by_module = {r.module: r for r in mem.records}
     assert by_module["lm_head"].output_bytes == 2 * 8 * 96 * 4
     assert by_module["model.layers.0.mlp"].output_bytes == 2 * 8 * 32 * 4
-    assert mem.summary()[0].output_bytes >= mem.summary()[-1].output_bytes
+    rows = mem.key_averages()
+    assert rows[0].output_bytes >= rows[-1].output_bytes and rows[0].count == 1
     assert mem.peak_bytes > 0 and all(r.device == "cpu" for r in mem.records)
     assert mem.to_records()[0].keys() >= {"module", "output_bytes", "peak_bytes"}
     assert "peak resident" in mem.table()

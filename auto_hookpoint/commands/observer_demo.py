@@ -24,9 +24,9 @@ def run_trace(model_dir: Path | None, text: str, out: Path) -> None:
         model(**inputs)  # warm up, so the trace shows steady-state times
         with trace(model) as recorded:
             model.generate(inputs["input_ids"], max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    recorded.save_chrome_trace(out)
+    recorded.export_chrome_trace(out)
     print(f"{label}: {len(recorded.events)} module calls over generate(4 tokens)\n")
-    print(recorded.table(15))
+    print(recorded.key_averages().table(row_limit=15))
     print(f"\nChrome trace written to {out} (open it in Perfetto or chrome://tracing)")
 
 
@@ -36,7 +36,7 @@ def run_memory(model_dir: Path | None, text: str, out: Path) -> None:
     model, tokenizer, label = load_causal_lm(model_dir)
     with torch.no_grad(), memory_profile(model) as mem:
         model(**_inputs(tokenizer, text))
-    print(f"{label}:\n{mem.table(15)}")
+    print(f"{label}:\n{mem.key_averages().table(row_limit=15)}")
     try:
         mem.save_bar_chart(out)
         print(f"\nbar chart written to {out}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -12,6 +12,8 @@ from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import SiteKind
 from auto_hookpoint.core.structure import tensors_with_paths
+
+Row = TypeVar("Row")
 
 
 def module_sites(
@@ -60,3 +62,35 @@ def describe(values: Any) -> list[str]:
         f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
         for _, t in tensors_with_paths(values)
     ]
+
+
+class KeyAverages(list[Row]):
+    """One row per module, as ``torch.profiler``'s ``key_averages()`` gives one per
+    operator: a list of rows to read, and :meth:`table` to print.
+
+    ``sort_by`` names a column of the rows (largest first); the observer's default is
+    the column it is about (self time, output bytes). ``row_limit`` cuts the table to its
+    first rows, as in ``prof.key_averages().table(sort_by=..., row_limit=...)``.
+    """
+
+    def __init__(
+        self,
+        rows: Iterable[Row],
+        sort_keys: Mapping[str, str],
+        default_sort: str,
+        render: Callable[[list[Row]], str],
+    ):
+        super().__init__(rows)
+        self._sort_keys, self._default_sort, self._render = sort_keys, default_sort, render
+
+    def table(self, sort_by: str | None = None, row_limit: int = 100) -> str:
+        key = self._default_sort if sort_by is None else sort_by
+        column = self._sort_keys.get(key)
+        if column is None:
+            raise ValueError(
+                f"sort_by is one of {', '.join(map(repr, self._sort_keys))}; got {sort_by!r}"
+            )
+        if isinstance(row_limit, bool) or not isinstance(row_limit, int) or row_limit < 1:
+            raise ValueError(f"row_limit is the number of rows to show (>= 1), not {row_limit!r}")
+        rows = sorted(self, key=lambda row: getattr(row, column), reverse=True)
+        return self._render(rows[:row_limit])

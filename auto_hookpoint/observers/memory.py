@@ -2,13 +2,14 @@
 
     with memory_profile(model) as mem:
         model(**inputs)
-    print(mem.table())              # top modules by bytes they output, and the peak
+    print(mem.key_averages().table(row_limit=10))   # modules by bytes they output, and the peak
     mem.records                     # one MemoryRecord per module call (as data)
     mem.save_bar_chart("mem.png")   # needs matplotlib (pip install auto_hookpoint[plot])
 
 Per call it records the bytes of the tensors the module returned (each storage counted
 once) and, around the call, the allocator's allocated and peak bytes on CUDA, or the
-process's resident memory on CPU.
+process's resident memory on CPU. ``key_averages()`` sums the calls per module, as
+``torch.profiler``'s does per operator.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from auto_hookpoint.core.devices import execution_device
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import tensors_with_paths
-from auto_hookpoint.observers.common import module_sites, observing
+from auto_hookpoint.observers.common import KeyAverages, module_sites, observing
 
 
 @dataclass
@@ -44,11 +45,17 @@ class MemoryRecord:
 
 @dataclass
 class ModuleMemory:
+    """One module's calls: how many (``count``), the bytes of all their outputs, and the
+    highest peak of any of them."""
+
     module: str
     module_type: str
-    calls: int
+    count: int
     output_bytes: int
     peak_bytes: int
+
+
+MEMORY_SORT_KEYS = {name: name for name in ("output_bytes", "peak_bytes", "count")}
 
 
 class _ResidentMemory:
@@ -137,22 +144,27 @@ class MemoryProfile(Observer):
     def total_output_bytes(self) -> int:
         return sum(r.output_bytes for r in self.records)
 
-    def summary(self) -> list[ModuleMemory]:
-        """Per module, most output bytes first."""
+    def key_averages(self) -> KeyAverages[ModuleMemory]:
+        """One row per module, most output bytes first; ``.table(sort_by="output_bytes"
+        | "peak_bytes" | "count", row_limit=100)`` prints it under the peak."""
         rows: dict[str, ModuleMemory] = {}
         for r in self.records:
             row = rows.setdefault(r.module, ModuleMemory(r.module, r.module_type, 0, 0, 0))
-            row.calls += 1
+            row.count += 1
             row.output_bytes += r.output_bytes
             row.peak_bytes = max(row.peak_bytes, r.peak_bytes)
-        return sorted(rows.values(), key=lambda r: r.output_bytes, reverse=True)
+        ordered = sorted(rows.values(), key=lambda r: r.output_bytes, reverse=True)
+        return KeyAverages(ordered, MEMORY_SORT_KEYS, "output_bytes", self._table)
 
     def to_records(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.records]
 
-    def table(self, top: int = 15) -> str:
+    def table(self, row_limit: int = 15, sort_by: str = "output_bytes") -> str:
+        """``key_averages().table(sort_by=sort_by, row_limit=row_limit)``."""
+        return self.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+    def _table(self, rows: list[ModuleMemory]) -> str:
         kind = "allocated" if self.cuda else "resident"
-        rows = self.summary()[:top]
         width = max([len(r.module or "<root>") for r in rows] + [6])
         lines = [
             f"{len(self.records)} calls; outputs {_mib(self.total_output_bytes)} in all; "
@@ -161,7 +173,7 @@ class MemoryProfile(Observer):
         ]
         for r in rows:
             lines.append(
-                f"{(r.module or '<root>').ljust(width)}  {r.module_type[:22]:22s} {r.calls:5d} "
+                f"{(r.module or '<root>').ljust(width)}  {r.module_type[:22]:22s} {r.count:5d} "
                 f"{_mib(r.output_bytes):>11s}"
             )
         return "\n".join(lines)
@@ -177,7 +189,7 @@ class MemoryProfile(Observer):
             raise ImportError(
                 "save_bar_chart needs matplotlib: pip install 'auto_hookpoint[plot]'"
             ) from error
-        rows = self.summary()[:top][::-1]
+        rows = self.key_averages()[:top][::-1]
         figure, axes = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
         axes.barh([r.module or "<root>" for r in rows], [r.output_bytes / 2**20 for r in rows])
         axes.set_xlabel("MiB of output tensors (all calls)")

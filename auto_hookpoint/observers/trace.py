@@ -2,14 +2,19 @@
 
     with trace(model) as tr:
         model(**inputs)                       # or model.generate(...), run_with_hooks, ...
-    print(tr.table())                         # total and self time, calls, per module
-    tr.save_chrome_trace("trace.json")        # open in Perfetto or chrome://tracing
+    print(tr.key_averages().table(sort_by="self_ns", row_limit=10))  # per module
+    tr.export_chrome_trace("trace.json")      # open in Perfetto or chrome://tracing
 
 Each module call is recorded with its start and end (``perf_counter_ns``), nesting
 depth, thread, and the shapes and dtypes of its inputs and output. Self time is the
 call's time minus that of the module calls directly inside it. With
 ``record_function=True`` each call is also a ``torch.profiler.record_function`` range,
 so a ``torch.profiler`` run shows module names.
+
+The names follow ``torch.profiler``'s: ``key_averages()`` (one row per module, with a
+``table(sort_by=..., row_limit=...)``), ``export_chrome_trace(path)``, and the sort
+keys ``self_cpu_time_total`` / ``cpu_time_total`` (host wall-clock time, as torch's
+CPU times are) for ``self_ns`` / ``total_ns``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
-from auto_hookpoint.observers.common import describe, module_sites, observing
+from auto_hookpoint.observers.common import KeyAverages, describe, module_sites, observing
 
 
 @dataclass
@@ -55,11 +60,24 @@ class CallEvent:
 
 @dataclass
 class ModuleTime:
+    """One module's calls in a trace: how many (``count``, as torch.profiler says), their
+    time in all (``total_ns``) and without the module calls inside them (``self_ns``)."""
+
     module: str
     module_type: str
-    calls: int
+    count: int
     total_ns: int
     self_ns: int
+
+
+# sort_by: the row's column, or torch.profiler's name for the same quantity
+TIME_SORT_KEYS = {
+    "self_ns": "self_ns",
+    "total_ns": "total_ns",
+    "count": "count",
+    "self_cpu_time_total": "self_ns",
+    "cpu_time_total": "total_ns",
+}
 
 
 @dataclass
@@ -126,28 +144,21 @@ class Trace(Observer):
         self.events.sort(key=lambda e: (e.start_ns, e.depth))
 
     # ---------------------------------------------------------------- results
-    def summary(self) -> list[ModuleTime]:
-        """Per module: calls, total and self time; slowest (by self time) first."""
+    def key_averages(self) -> KeyAverages[ModuleTime]:
+        """One row per module (calls, total and self time), slowest by self time first;
+        ``.table(sort_by="self_ns" | "total_ns" | "count", row_limit=100)`` prints it."""
         rows: dict[str, ModuleTime] = {}
         for e in self.events:
             row = rows.setdefault(e.module, ModuleTime(e.module, e.module_type, 0, 0, 0))
-            row.calls += 1
+            row.count += 1
             row.total_ns += e.duration_ns
             row.self_ns += e.self_ns
-        return sorted(rows.values(), key=lambda r: r.self_ns, reverse=True)
+        ordered = sorted(rows.values(), key=lambda r: r.self_ns, reverse=True)
+        return KeyAverages(ordered, TIME_SORT_KEYS, "self_ns", _time_table)
 
-    def table(self, top: int = 20) -> str:
-        rows = self.summary()[:top]
-        width = max([len(r.module or "<root>") for r in rows] + [6])
-        lines = [
-            f"{'module'.ljust(width)}  {'type':22s} {'calls':>5s} {'total ms':>9s} {'self ms':>9s}"
-        ]
-        for r in rows:
-            lines.append(
-                f"{(r.module or '<root>').ljust(width)}  {r.module_type[:22]:22s} {r.calls:5d} "
-                f"{r.total_ns / 1e6:9.3f} {r.self_ns / 1e6:9.3f}"
-            )
-        return "\n".join(lines)
+    def table(self, row_limit: int = 20, sort_by: str = "self_ns") -> str:
+        """``key_averages().table(sort_by=sort_by, row_limit=row_limit)``."""
+        return self.key_averages().table(sort_by=sort_by, row_limit=row_limit)
 
     def chrome_trace(self) -> dict[str, Any]:
         """The Chrome trace-event format ("X" complete events, times in microseconds)."""
@@ -175,9 +186,26 @@ class Trace(Observer):
             ],
         }
 
-    def save_chrome_trace(self, path: str | os.PathLike[str]) -> None:
+    def export_chrome_trace(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`chrome_trace` as JSON, as ``torch.profiler``'s method of this name
+        does (open it in Perfetto or chrome://tracing)."""
         with open(path, "w") as file:
             json.dump(self.chrome_trace(), file)
+
+    save_chrome_trace = export_chrome_trace  # the spelling of the first README
+
+
+def _time_table(rows: list[ModuleTime]) -> str:
+    width = max([len(r.module or "<root>") for r in rows] + [6])
+    lines = [
+        f"{'module'.ljust(width)}  {'type':22s} {'calls':>5s} {'total ms':>9s} {'self ms':>9s}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{(r.module or '<root>').ljust(width)}  {r.module_type[:22]:22s} {r.count:5d} "
+            f"{r.total_ns / 1e6:9.3f} {r.self_ns / 1e6:9.3f}"
+        )
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
