@@ -38,7 +38,11 @@ from auto_hookpoint.adapter.config import hooked_transformer_config
 from auto_hookpoint.adapter.detect import detect_mapping
 from auto_hookpoint.adapter.generate import GenerateMixin
 from auto_hookpoint.adapter.hook_names import add_transformer_lens_names
-from auto_hookpoint.adapter.legacy import HookedTransformerAdapterCfg
+from auto_hookpoint.adapter.legacy import (
+    HookedTransformerAdapterCfg,
+    adopt_config,
+    legacy_arguments,
+)
 from auto_hookpoint.adapter.stop import run_to_site
 from auto_hookpoint.adapter.tl_compat import (
     USE_DEFAULT_VALUE,
@@ -97,6 +101,9 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
         default_padding_side: PaddingSide | None = "right",
     ):
         super().__init__()
+        model, tokenizer, adapter_cfg, hooked_transformer_cfg = legacy_arguments(
+            model, tokenizer, adapter_cfg, hooked_transformer_cfg
+        )
         if hf_model_name is not None:
             if model is not None:
                 raise ValueError("pass either hf_model_name or model (with tokenizer), not both")
@@ -107,7 +114,7 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
                 f"tokenizer) or .from_pretrained(folder); got {type(model).__name__}"
             )
         if adapter_cfg is not None:
-            mapping = adapter_cfg.to_mapping()
+            mapping = adapter_cfg.to_mapping(model)
             if adapter_cfg.inter_block_fn or adapter_cfg.create_kwargs or adapter_cfg.preprocess:
                 warnings.warn(
                     "inter_block_fn, create_kwargs and preprocess are not needed: the adapter "
@@ -118,9 +125,8 @@ class HookedTransformerAdapter(TokensMixin, WeightsMixin, GenerateMixin, HookedR
         self.mapping = mapping
         self.model = model if isinstance(model, HookedModule) else auto_hook(model)
         self.train(model.training)  # the adapter is in the HF model's mode
-        self.cfg = hooked_transformer_config(model, mapping)
+        self.cfg = adopt_config(hooked_transformer_cfg, hooked_transformer_config(model, mapping))
         if hooked_transformer_cfg is not None:
-            self.cfg = hooked_transformer_cfg
             if move_to_device and not _dispatched(model):
                 self.model.to(hooked_transformer_cfg.device)
         self.tokenizer = tokenizer

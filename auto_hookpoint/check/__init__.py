@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,9 +55,9 @@ def check_auto_hook(
     ``@auto_hook`` on the class agrees with ``auto_hook(instance)``.
 
     Forwards run with the torch RNG seeded by ``seed`` (and restored afterwards), so
-    dropout in training mode repeats. Returns the report; with ``strict=True`` raises
-    :class:`AutoHookCheckError` (an AssertionError whose message is the report) if any
-    check failed.
+    dropout in training mode repeats. Returns the report; if any check failed, warns
+    with it (as Auto_HookPoint's check_auto_hook did) or, with ``strict=True``, raises
+    :class:`AutoHookCheckError` (an AssertionError whose message is the report).
     """
     check_arguments(model, input_kwargs, init_kwargs, input_args, edit_sample, loss_fn)
     subject = make_subject(
@@ -90,6 +91,8 @@ def check_auto_hook(
     report = AutoHookReport(subject.label, results)
     if strict and not report.ok:
         raise AutoHookCheckError(report)
+    if not report.ok:  # as Auto_HookPoint 0.6 did, so a call without strict is not silent
+        warnings.warn(f"{report}\n(strict=True raises AutoHookCheckError)", stacklevel=2)
     return report
 
 

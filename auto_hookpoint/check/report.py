@@ -56,6 +56,17 @@ class AutoHookReport:
             "results": [{**asdict(r), "status": r.status.value} for r in self.results],
         }
 
+    def __getattr__(self, name: str) -> Any:
+        # Auto_HookPoint 0.6's check_auto_hook returned the hooked model; code that uses
+        # the result as one gets told what changed instead of a bare AttributeError.
+        if name.startswith("__") or name in ("model", "results"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"'AutoHookReport' object has no attribute {name!r}: check_auto_hook returns "
+            "its report (Auto_HookPoint 0.6 returned the hooked model). Hook the model "
+            "itself with auto_hook(model) or auto_hook(ModelClass(**init_kwargs))."
+        )
+
     def __str__(self) -> str:
         width = max(len(r.name) for r in self.results)
         verdict = "all checks passed" if self.ok else f"{len(self.failures)} check(s) FAILED"
