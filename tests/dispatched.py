@@ -98,7 +98,10 @@ def dispatched(family: str, placement: str, folder: Path) -> tuple[nn.Module, nn
         model.save_pretrained(folder / "model")
         options: dict[str, Any] = {"offload_folder": folder / "offload", "dtype": torch.float32}
         if placement == "auto":
-            options |= {"device_map": "auto", "max_memory": {"cpu": 60_000}}
+            # Room for half the weights: accelerate's own placement puts the rest on disk.
+            # (With room for none, transformers 5.4 leaves the model on meta, undispatched.)
+            half = sum(p.numel() * p.element_size() for p in model.parameters()) // 2
+            options |= {"device_map": "auto", "max_memory": {"cpu": half}}
         else:
             options["device_map"] = device_map(family)
         placed = tf.AutoModelForCausalLM.from_pretrained(folder / "model", **options).eval()

@@ -524,6 +524,7 @@ def test_carry_context_lets_hooks_follow_generate_into_a_worker_thread(compiled:
 
 
 # ------------------------------------------------------------------ sae_lens
+@pytest.mark.sae_lens
 def test_sae_lens_activation_store_switching_hooks_on_a_compiled_adapter() -> None:
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, StandardTrainingSAEConfig
@@ -553,6 +554,48 @@ def test_sae_lens_activation_store_switching_hooks_on_a_compiled_adapter() -> No
         assert_same(expected, store(adapter, hook_name).get_activations(tokens), hook_name)
     assert counter.frame_count == 2  # one graph per hook, each ending at its layer
     assert graph_breaks() == 0
+
+
+def test_adapter_view_sites_in_a_compiled_forward_edit_cache_and_refuse_as_eager() -> None:
+    """The adapter's per-head and norm names show the module's tensor through a view.
+    Compiled, caches and edits (in place too) agree with eager, in one graph; a read-only
+    name still refuses an edit."""
+    from auto_hookpoint import ReadOnlySiteError
+    from auto_hookpoint.adapter import HookedTransformerAdapter
+    from auto_hookpoint.demo import demo_tokenizer
+
+    base = tiny_llama(2, vocab=1024)
+    eager = HookedTransformerAdapter(copy.deepcopy(base), demo_tokenizer())
+    adapter = HookedTransformerAdapter(base, demo_tokenizer())
+    counter = CompileCounter()
+    adapter.model.compile(backend=counter)
+    tokens = torch.randint(0, 1024, (2, 6), generator=torch.Generator().manual_seed(3))
+    names = ["blocks.0.attn.hook_q", "blocks.1.ln2.hook_scale", "blocks.1.attn.hook_z"]
+
+    def zero_head(q: torch.Tensor, hook: Any) -> None:
+        q[:, :, 1] = 0  # in place, returning None: TransformerLens' own style
+
+    def rescale(scale: torch.Tensor, hook: Any) -> torch.Tensor:
+        return scale * 2
+
+    with torch.no_grad():
+        breaks = graph_breaks()
+        for model in (eager, adapter):  # the same tokens, eager and compiled
+            model.results = [  # type: ignore[attr-defined]
+                model.run_with_cache(tokens, names_filter=names)[1]
+            ]
+        assert counter.frame_count >= 1, "the adapter's forward ran compiled"
+        for model in (eager, adapter):
+            model.results.append(  # type: ignore[attr-defined]
+                model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_q", zero_head)])
+            )
+        for name in names:
+            assert_same(eager.results[0][name], adapter.results[0][name], name)
+        assert graph_breaks() == breaks, dict(counters["graph_break"])
+        assert_same(eager.results[1], adapter.results[1], "an in-place edit of hook_q")
+        assert not torch.equal(adapter.results[1], adapter(tokens))
+        with pytest.raises(ReadOnlySiteError, match="hook_scale"):
+            adapter.run_with_hooks(tokens, fwd_hooks=[("blocks.1.ln2.hook_scale", rescale)])
 
 
 # ------------------------------------------------------------------ compiled parts

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from auto_hookpoint.core.attached import core_of
+from auto_hookpoint.core.context import not_traced
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError
@@ -24,6 +25,7 @@ class _KeepGraph(SplitObserver):
         raise SplitExit(self)
 
 
+@not_traced  # compiled (sae_lens' compile_llm), the forward up to the site is one graph
 def run_to_site(model: Any, site: str, **kwargs: Any) -> torch.Tensor:
     """``model(**kwargs)`` until ``site`` fires; what it fired with (after its hooks)."""
     observer = _KeepGraph(site)

@@ -205,6 +205,9 @@ class TokensMixin:
         return self.W_U[:, token]
 
 
+# Preparing inputs (tokenizing, padding, positions) runs eagerly under torch.compile:
+# compiled, it is one more graph per input shape for no gain.
+@torch.compiler.disable
 def model_inputs(
     owner: TokensMixin,
     input: Any,  # noqa: A002

@@ -117,6 +117,11 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
     observers that have ended by then are gone for the worker too: keep the ``with``
     block open until the work is done.
     """
+    if not callable(fn):
+        raise TypeError(
+            f"carry_context takes the function to hand to another thread (e.g. "
+            f"model.generate), not a {type(fn).__name__}"
+        )
     captured = contextvars.copy_context()
 
     @functools.wraps(fn)

@@ -84,15 +84,30 @@ def resting_tensor(module: nn.Module, name: str) -> torch.Tensor:
     """``module``'s parameter or buffer ``name`` with its values: itself, or, while
     accelerate keeps it offloaded (``meta`` on the module), the copy accelerate loads it
     from at each call: in CPU memory, or read from the offload folder (a disk read, as
-    accelerate's own). Never moved to the execution device."""
+    accelerate's own). Never moved to the execution device.
+
+    A ``meta`` tensor that no accelerate hook offloads (a model built on ``meta`` and never
+    loaded) is returned as it is. One that accelerate offloads but holds no copy of (a tied
+    weight on transformers 5.4, whose own forward fails too) raises ``RuntimeError``
+    rather than handing back a tensor without values.
+    """
     tensor: torch.Tensor = getattr(module, name)
     if tensor.device.type != "meta":
         return tensor
+    offloaded = False
     for hook in _hooks(module.__dict__.get(_HOOK)):
         weights = getattr(hook, "weights_map", None)
         if getattr(hook, "offload", False) and weights is not None:
+            offloaded = True
             try:
                 return weights[name]  # type: ignore[no-any-return]
             except KeyError:
                 continue
+    if offloaded:
+        raise RuntimeError(
+            f"accelerate offloads {type(module).__name__}.{name} but holds no copy of its "
+            "values (a weight tied to another module's, on older transformers/accelerate, "
+            "which cannot run this placement either); place that module on a device, or "
+            "upgrade transformers"
+        )
     return tensor

@@ -216,21 +216,26 @@ def _fire_view(
     """Fire a site that shows ``tensor`` through its view; write a replacement back."""
     view = site.view
     assert view is not None
+    hook_point = site.hook_point
+    hooked = isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks()
+    if not hooked and not observers:
+        return tensor  # idle here (another site of the module is active): nothing to show
     if view.uses_input:
         where = find_primary(module_args)
         shown = view.show(tensor, None if where is None else get_at(module_args, where))
     else:
         shown = view.show(tensor)
+    if not hooked:  # observers only read: no edit to look for (nor a version to trace)
+        for observer in observers:
+            observer.on_output(site, shown, path)
+        return tensor
     version = shown._version  # bumped by any in-place edit
-    fired = shown
-    hook_point = site.hook_point
-    if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
-        if view.write_back is None and hook_point._backward_hooks:
-            raise ReadOnlySiteError(
-                f"{site.name!r} has no gradient of its own here, so a backward hook there "
-                f"would never run: {view.read_only_reason or 'its value is computed for reading'}"
-            )
-        fired = hook_point(shown)
+    if view.write_back is None and hook_point._backward_hooks:
+        raise ReadOnlySiteError(
+            f"{site.name!r} has no gradient of its own here, so a backward hook there "
+            f"would never run: {view.read_only_reason or 'its value is computed for reading'}"
+        )
+    fired = hook_point(shown)
     edited = fired is not shown or shown._version != version
     if edited and view.write_back is None:
         raise ReadOnlySiteError(

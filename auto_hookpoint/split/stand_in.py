@@ -19,11 +19,14 @@ from typing import Any
 
 from torch import nn
 
+from auto_hookpoint.core.context import CallCopied
+
 Answer = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 
 _ANSWERS: ContextVar[Mapping[int, Answer] | None] = ContextVar(
     "auto_hookpoint_stand_ins", default=None
 )
+_ANSWERS_IN_CALL = CallCopied(_ANSWERS)  # what compiled code reads (core/context.py)
 _MISSING = object()
 
 
@@ -36,7 +39,7 @@ class _StandInForward:
         self.users = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        answer = (_ANSWERS.get() or {}).get(id(self.block))
+        answer = (_ANSWERS_IN_CALL.get() or {}).get(id(self.block))
         if answer is not None:
             return answer(args, kwargs)
         if self.previous is not _MISSING:
