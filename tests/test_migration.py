@@ -409,7 +409,7 @@ def test_original_test_mappings_gpt2_and_llama_and_the_positional_form(tmp_path:
         "pos_embed": "model.rotary_emb",
         "ln_final": "model.norm",
     }
-    with pytest.warns(UserWarning, match="LlamaRotaryEmbedding, not a learned position"):
+    with pytest.warns(UserWarning, match="LlamaRotaryEmbedding, not a learned position") as said:
         adapted = HookedTransformerAdapter(
             adapter_cfg=HookedTransformerAdapterCfg(mappings=mappings),
             hooked_transformer_cfg=HookedTransformerConfig_From_AutoConfig.from_auto_config(
@@ -421,6 +421,9 @@ def test_original_test_mappings_gpt2_and_llama_and_the_positional_form(tmp_path:
     plain = HookedTransformerAdapter(llama, tokenizer)
     assert "hook_pos_embed" not in adapted.hook_dict
     assert set(adapted.hook_dict) == set(plain.hook_dict)
+    # from_auto_config left normalization_type at TransformerLens' default ("LN"): put
+    # right without a warning, which is kept for values the caller stated
+    assert len(said) == 1 and adapted.cfg.normalization_type == "RMS"
 
     # The original signature took adapter_cfg and hooked_transformer_cfg first.
     llama.save_pretrained(tmp_path)
@@ -428,7 +431,9 @@ def test_original_test_mappings_gpt2_and_llama_and_the_positional_form(tmp_path:
     mappings["pos_embed"] = None
     adapter_cfg = HookedTransformerAdapterCfg(mappings=mappings)
     cfg = HookedTransformerConfig_From_AutoConfig.from_auto_config(small_llama_config)
-    by_position = HookedTransformerAdapter(adapter_cfg, cfg, hf_model_name=str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: the table's parts, no stated values
+        by_position = HookedTransformerAdapter(adapter_cfg, cfg, hf_model_name=str(tmp_path))
     assert by_position.cfg is cfg and torch.equal(by_position("The for"), plain("The for"))
     with pytest.raises(TypeError, match="adapter_cfg given twice"):
         HookedTransformerAdapter(adapter_cfg, cfg, adapter_cfg=adapter_cfg)

@@ -24,6 +24,7 @@ What the old form could get wrong is put right here, never taken on trust:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -130,8 +131,9 @@ def legacy_arguments(
 # What the HF model decides, whatever a hooked_transformer_cfg says: TransformerLens'
 # analysis code reads these (ActivationCache.decompose_resid reads attn_only,
 # apply_ln_to_stack normalization_type) and the adapter's names are built from them.
-# A difference in these is warned about; the rest are put right silently (a config from
-# from_auto_config leaves eps, grouped-query heads ... at TransformerLens' defaults).
+# A difference in these is warned about where the cfg states a value of its own; where
+# it holds TransformerLens' default (from_auto_config leaves normalization_type at "LN"),
+# and for the details (eps, grouped-query heads ...), the model's value is taken silently.
 _ARCHITECTURE = (
     "n_layers", "d_model", "d_vocab", "n_heads", "d_head", "d_mlp", "act_fn", "attn_only",
     "normalization_type", "positional_embedding_type",
@@ -148,6 +150,7 @@ def adopt_config(given: Any, derived: Any) -> Any:
     architecture, as ``derived`` (read from the model) has it; its other settings stay."""
     if given is None:
         return derived
+    defaults = _field_defaults(type(given))
     changed = {}
     for name in (*_ARCHITECTURE, *_DETAILS):
         if not hasattr(given, name) or not hasattr(derived, name):
@@ -155,7 +158,8 @@ def adopt_config(given: Any, derived: Any) -> Any:
         have, want = getattr(given, name), getattr(derived, name)
         if have != want:
             setattr(given, name, want)
-            if name in _ARCHITECTURE:
+            stated = name not in defaults or have != defaults[name]
+            if name in _ARCHITECTURE and stated:
                 changed[name] = (have, want)
     if changed:
         said = ", ".join(f"{name}={have!r}" for name, (have, _) in changed.items())
@@ -168,6 +172,17 @@ def adopt_config(given: Any, derived: Any) -> Any:
             stacklevel=3,
         )
     return given
+
+
+def _field_defaults(config_class: type) -> dict[str, Any]:
+    """The plain defaults of a dataclass config's fields (none for other classes)."""
+    if not dataclasses.is_dataclass(config_class):
+        return {}
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(config_class)
+        if field.default is not dataclasses.MISSING
+    }
 
 
 class HookedTransformerConfig_From_AutoConfig(TLConfig):  # type: ignore[misc, valid-type]  # noqa: N801
