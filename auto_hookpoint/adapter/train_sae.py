@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from auto_hookpoint.adapter.adapter import HookedTransformerAdapter
+from auto_hookpoint.errors import SAE_LENS_MISSING
 
 
 def train_sae(
@@ -26,7 +27,11 @@ def train_sae(
 ) -> tuple[Any, dict[str, Any]]:
     """Train for ``steps`` steps (sae_lens shows its progress bar), save to ``out_dir``,
     and return (the SAE, sae_lens' eval metrics)."""
-    from datasets import Dataset
+    try:
+        from datasets import Dataset
+        from sae_lens import LanguageModelSAERunnerConfig
+    except ImportError as error:
+        raise ImportError(f"training an SAE needs sae_lens: {SAE_LENS_MISSING}") from error
     from sae_lens import (
         LanguageModelSAERunnerConfig,
         LanguageModelSAETrainingRunner,
