@@ -26,6 +26,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,10 +57,19 @@ def python_blocks(page: Path) -> list[tuple[int, str, str | None]]:
     ]
 
 
-PAGES_WITH_CODE = [page for page in PAGES if python_blocks(page)]
+def page_param(page: Path) -> Any:
+    """A page whose examples use sae_lens is marked so (it skips where sae_lens is not
+    installed: under TransformerLens 4, see tests/conftest.py)."""
+    uses_sae_lens = any(
+        re.search(r"^\s*(from|import) sae_lens\b", code, re.M) for _, code, _ in python_blocks(page)
+    )
+    return pytest.param(page, marks=[pytest.mark.sae_lens] if uses_sae_lens else [], id=page.name)
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.name)
+PAGES_WITH_CODE = [page_param(page) for page in PAGES if python_blocks(page)]
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE)
 def test_every_python_example_on_the_page_runs(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

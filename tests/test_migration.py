@@ -321,8 +321,8 @@ def test_sae_lens_example_adapter_means_what_the_adapter_means(tmp_path: Path) -
     assert cache["model.layers.0.post_attention_layernorm.hook_point"].shape[-1] == 32
 
 
+@pytest.mark.sae_lens
 def test_sae_lens_example_trains_through_the_original_form(tmp_path: Path) -> None:
-    pytest.importorskip("sae_lens")
     from datasets import Dataset
     from sae_lens import (
         LanguageModelSAERunnerConfig,
