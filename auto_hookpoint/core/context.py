@@ -58,10 +58,25 @@ ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
     "auto_hookpoint_active_hook_scopes", default=frozenset()
 )
 
-# Per thread, while a call of a hooked model runs: the caller's value of each CallCopied
-# ContextVar (absent outside any call). A plain threading.local, read with getattr
-# defaults: dynamo reads its attributes dynamically, in the calling thread.
-_THIS_CALL = threading.local()
+
+
+class _ThisCall(threading.local):
+    """Per thread, while a call of a hooked model runs: the caller's value of each
+    CallCopied ContextVar. Outside any call, or in a thread that never made one, each
+    attribute is its class default (``_NO_COPY``, set as each CallCopied is made): dynamo
+    guards on these attributes and evaluates the guards in whichever thread calls the
+    compiled code, so they must exist in every thread."""
+
+
+_THIS_CALL = _ThisCall()
+
+
+class _Seen(threading.local):
+    """Per thread: whether the call running there was made from a context holding a
+    given scope (True/False), or None when no call of a hooked model is running (also in
+    a thread that never made one: dynamo evaluates its guards on ``visible`` there)."""
+
+    visible: bool | None = None
 
 _scopes_lock = threading.Lock()
 _live_scopes: tuple[HookScope, ...] = ()  # replaced, never mutated: readers need no lock
@@ -73,14 +88,12 @@ class HookScope:
     __slots__ = ("_seen", "__weakref__")
 
     def __init__(self) -> None:
-        # Per thread: whether the call running there was made from a context holding this
-        # scope (True/False), or None when no call of a hooked model is running.
-        self._seen = threading.local()
+        self._seen = _Seen()
 
     def visible(self) -> bool:
         """Whether this scope belongs to the context of the call now running."""
         if torch.compiler.is_dynamo_compiling():
-            seen = getattr(self._seen, "visible", None)
+            seen = self._seen.visible
             if seen is not None:
                 return bool(seen)
         return self in ACTIVE_SCOPES.get()
@@ -138,13 +151,14 @@ class CallCopied(Generic[T]):
     def __init__(self, var: ContextVar[T]):
         self.var = var
         self.attr = f"copied_{var.name}"  # its attribute of _THIS_CALL
+        setattr(_ThisCall, self.attr, _NO_COPY)  # the default in every thread
         _COPIED.append(self)
 
     def get(self) -> T:
         """The value in the current context; while dynamo traces, the call's copy of it
         (without a copy, outside any call of a hooked model: the ContextVar, a break)."""
         if torch.compiler.is_dynamo_compiling():
-            copied: Any = getattr(_THIS_CALL, self.attr, _NO_COPY)
+            copied: Any = getattr(_THIS_CALL, self.attr)
             if copied is not _NO_COPY:
                 return copied  # type: ignore[no-any-return]
         return self.var.get()
@@ -192,5 +206,6 @@ def active_observers() -> ActiveObservers:
 def watched_by_untraced_observer(core: Any) -> bool:
     """Whether an observer whose callbacks cannot be traced (``Observer.traced`` unset)
     watches a site of ``core`` in the call now running."""
-    observers: ActiveObservers = getattr(_THIS_CALL, OBSERVERS.attr, None) or ()
+    copied = getattr(_THIS_CALL, OBSERVERS.attr)
+    observers: ActiveObservers = () if copied is _NO_COPY else copied
     return any(owner is core and not observer.traced for owner, observer, _ in observers)
