@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     # errors
     "AutoHookError": "auto_hookpoint.errors",
     "HookFunctionError": "auto_hookpoint.errors",
+    "HookResultError": "auto_hookpoint.errors",
+    "BackwardHookLostError": "auto_hookpoint.errors",
+    "StructureChangedError": "auto_hookpoint.errors",
     "UnknownHookNameError": "auto_hookpoint.errors",
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
@@ -83,10 +86,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.core.sites import Site, SiteKind
     from auto_hookpoint.errors import (
         AutoHookError,
+        BackwardHookLostError,
         EarlyOutputError,
         HookFunctionError,
+        HookResultError,
         ResumeError,
         SiteNeverFiredError,
+        StructureChangedError,
         UnknownHookNameError,
     )
     from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap

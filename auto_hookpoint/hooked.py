@@ -166,6 +166,49 @@ class HookedModule:
             if clear_contexts:
                 self.clear_contexts()  # type: ignore[attr-defined]
 
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict[str, torch.Tensor], list[Any], list[Any]]:
+        """TransformerLens' caching hooks, except that each stores a copy of the value its
+        site fired with (TransformerLens keeps a view, which a later in-place op in the
+        forward rewrites), and a name in ``names_filter`` that is not a site raises
+        ``UnknownHookNameError``. TransformerLens' ``run_with_cache`` (with ``incl_bwd``),
+        ``add_caching_hooks``, ``cache_all`` and ``cache_some`` all use these."""
+        core = core_of(self)
+        names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
+        cache, fwd, bwd = super().get_caching_hooks(  # type: ignore[misc]
+            names, incl_bwd, device, remove_batch_dim, cache, pos_slice
+        )
+        return (
+            cache,
+            [(n, _storing_a_copy(h)) for n, h in fwd],
+            [(n, _storing_a_copy(h)) for n, h in bwd],
+        )
+
+    def add_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """TransformerLens' ``add_caching_hooks``, with :meth:`get_caching_hooks`' hooks."""
+        cache, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, cache
+        )
+        for name, hook in fwd:
+            self.mod_dict[name].add_hook(hook, dir="fwd")
+        for name, hook in bwd:
+            self.mod_dict[name].add_hook(hook, dir="bwd")
+        return cache
+
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
         """Run the forward only until ``site`` fires; see :func:`auto_hookpoint.split.run_until`."""
         return run_until(self, site, *args, bank=bank, **kwargs)
@@ -330,6 +373,16 @@ def _detach(model: nn.Module) -> None:
         state.pop(name, None)
     state.update(saved)
     model.__class__ = type(model).__dict__.get("__auto_hook_original__", type(model))
+
+
+def _storing_a_copy(save_hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A TransformerLens caching hook that is handed a copy of the value, not the value."""
+
+    @functools.wraps(save_hook)
+    def save_copy(tensor: torch.Tensor, hook: HookPoint) -> Any:
+        return save_hook(tensor.detach().clone(), hook=hook)
+
+    return save_copy
 
 
 def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:

@@ -329,10 +329,7 @@ class HookCore:
             for site in self.sites.values():
                 if isinstance(site.hook_point, SiteHookPoint):
                     site.hook_point.remove_hooks("both", including_permanent=True)
-                    # Hooks registered without add_hook are not in TL's lists.
-                    site.hook_point._forward_hooks.clear()
-                    site.hook_point._forward_pre_hooks.clear()
-                    site.hook_point._backward_hooks.clear()
+                    site.hook_point.clear_torch_hooks()
             for hooks in self._all_module_hooks():
                 hooks.observer_counts.clear()
                 hooks.enter_watchers = 0

@@ -43,8 +43,9 @@ def find_primary(output: Any) -> Path | None:
 
 
 def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in a structure, depth first, with a readable path ('' for the value
-    itself, then '[0]' for sequence items and '.key' for mapping values)."""
+    """Every tensor in a structure, depth first, in the order :func:`find_primary` walks,
+    with a readable path ('' for the value itself, then '[0]' for sequence items and
+    '.key' for mapping values and dataclass fields)."""
     if isinstance(value, torch.Tensor):
         yield path, value
     elif isinstance(value, Mapping):
@@ -53,6 +54,9 @@ def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.
     elif isinstance(value, (tuple, list)):
         for index, item in enumerate(value):
             yield from tensors_with_paths(item, f"{path}[{index}]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from tensors_with_paths(getattr(value, field.name), f"{path}.{field.name}")
 
 
 def get_at(output: Any, path: Path) -> Any:

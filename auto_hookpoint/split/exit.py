@@ -44,11 +44,14 @@ class SplitObserver(Observer):
         self.split_path: Path = ()
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
-        self.activations[site.name] = tensor.detach()
         self.order.append(site.name)
         if site.name == self.site:
+            # Nothing of the forward runs after the split site, so its value stays as it is.
+            self.activations[site.name] = tensor.detach()
             self.split_path = path
             raise SplitExit(self)
+        # A banked site fired earlier: copy it now, before the forward can change it in place.
+        self.activations[site.name] = tensor.detach().clone()
 
 
 def run_until(
