@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
@@ -57,7 +57,41 @@ class SiteDict(dict[str, HookPoint]):
 
     core: HookCore | None = None
 
+    # Listing the sites first finds them again if the model changed since (new modules
+    # get sites; see HookCore.sync): one attribute check when it did not.
+    def _current(self) -> None:
+        if self.core is not None and self.core.stale:
+            self.core.sync(strict=False)
+
+    def __iter__(self) -> Iterator[str]:
+        self._current()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._current()
+        return super().__len__()
+
+    def __contains__(self, name: object) -> bool:
+        self._current()
+        return super().__contains__(name)
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        self._current()
+        return super().keys()
+
+    def values(self) -> ValuesView[HookPoint]:  # type: ignore[override]
+        self._current()
+        return super().values()
+
+    def items(self) -> ItemsView[str, HookPoint]:  # type: ignore[override]
+        self._current()
+        return super().items()
+
     def __missing__(self, name: str) -> HookPoint:
+        if self.core is not None and self.core.stale:  # a site of a module added since?
+            self.core.sync(strict=False)
+            if super().__contains__(name):
+                return super().__getitem__(name)
         site = self.core.leaf_site(name) if self.core is not None else None
         if site is None:
             raise UnknownHookNameError(name, self.keys())
@@ -363,6 +397,8 @@ def _detach(model: nn.Module) -> None:
         core.close()
         core.tables = ()
         for name, (old_name, kept) in hand_placed.items():
+            if name not in core.sites:
+                continue  # its module was removed from the model since
             hook_point = core.sites[name].hook_point
             for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):
                 for handle in [h for h in handles if id(h) not in kept]:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from transformer_lens.hook_points import HookPoint, LensHandle
 
+from auto_hookpoint.core.attached import core_of
+
 _ACTIVE_SCOPES: ContextVar[frozenset[int]] = ContextVar(
     "auto_hookpoint_active_hook_scopes", default=frozenset()
 )
@@ -88,4 +90,5 @@ def scoped_hooks(
 def _hook_points(model: Any, name: str | Callable[[str], bool]) -> list[HookPoint]:
     if isinstance(name, str):
         return [model.mod_dict[name]]  # an unknown name raises, naming the closest
+    core_of(model, "hooks")  # the sites are current (the model may have changed since)
     return [hp for site_name, hp in model.hook_dict.items() if name(site_name)]

@@ -25,18 +25,21 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from auto_hookpoint.core import structure_watch
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
-from auto_hookpoint.core.sites import Site, SiteKind, discover_sites
+from auto_hookpoint.core.sites import Site, SiteKind, discover_sites, has_output_site, site_name
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
+from auto_hookpoint.errors import StructureChangedError
 
 
 class _ModuleHooks:
     """The sites of one module and the torch hooks currently placed for them."""
 
-    def __init__(self, core: HookCore, module: nn.Module):
+    def __init__(self, core: HookCore, module: nn.Module, path: str = ""):
         self.core = core
         self.module = module
+        self.path_parts = tuple(path.split(".")) if path else ()
         self.output_sites: list[Site] = []
         self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
@@ -154,6 +157,15 @@ class _ModuleHooks:
             self.module._parameters.update(self.lent.pop())
 
 
+_RENUMBERED = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+def _holds_hooks(hook_point: Any) -> bool:
+    if isinstance(hook_point, SiteHookPoint):
+        return hook_point.holds_hooks()
+    return bool(hook_point.has_hooks() or hook_point._forward_hooks)
+
+
 class HookCore:
     """Discovers the sites of ``root`` and fires them while they are active."""
 
@@ -176,6 +188,13 @@ class HookCore:
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
         ]
+        # Structure changes (see structure_watch): names of sites added after discovery
+        # (aliases), whether the sites may no longer match the model, and the forward
+        # pre-hook on the root that checks before a call while they may not.
+        self._added: dict[str, SiteKind] = {}
+        self.stale = False
+        self._guard: RemovableHandle | None = None
+        self._watch_structure()
 
     def _new_hook_point(self, name: str) -> SiteHookPoint:
         return SiteHookPoint(name, self._changed)
@@ -185,7 +204,7 @@ class HookCore:
             raise ValueError(f"there is already a site named {site.name!r}")
         hooks = by_module.get(id(site.module))
         if hooks is None:
-            hooks = by_module[id(site.module)] = _ModuleHooks(self, site.module)
+            hooks = by_module[id(site.module)] = _ModuleHooks(self, site.module, site.module_path)
         hooks.add(site)
         self.sites[site.name] = site
         self._site_modules[site.name] = hooks
@@ -204,6 +223,7 @@ class HookCore:
         site = Site(name, kind, module, module_path, hook_point=self._new_hook_point(name))
         with self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
+            self._added[name] = kind
         return site
 
     def leaf_site(self, name: str) -> Site | None:
@@ -236,17 +256,27 @@ class HookCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        # A copy's modules are not watched yet (they may not all exist at this point of
+        # a deepcopy): the first sync watches them and finds the sites again.
+        self.stale = True
 
     # ----------------------------------------------------------------- activity
     def _changed(self, hook_point: SiteHookPoint) -> None:
         name = hook_point.name
         assert name is not None
         with self._lock:
-            if hook_point.holds_hooks():
+            held = hook_point.holds_hooks()
+            if held:
                 self.hooked[name] = hook_point
             else:
                 self.hooked.pop(name, None)
-            self._refresh(self._site_modules[name])
+            if self.stale or (held and not self._at_path(self._site_modules[name])):
+                # Follow the model's structure now if that loses no active site; if it
+                # would, every run raises until those hooks go (see sync).
+                with contextlib.suppress(StructureChangedError):
+                    self._follow_structure()
+            if self.sites.get(name) is not None and self.sites[name].hook_point is hook_point:
+                self._refresh(self._site_modules[name])
 
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
@@ -265,8 +295,10 @@ class HookCore:
                 hooks.output_handle.remove()
                 hooks.output_handle = None
             if want_pre and hooks.pre_handle is None:
+                # First: another pre-hook may compute with the parameters we lend (pruning
+                # computes weight = weight_orig * mask in one).
                 hooks.pre_handle = module.register_forward_pre_hook(
-                    hooks.before_forward, with_kwargs=True
+                    hooks.before_forward, with_kwargs=True, prepend=True
                 )
             elif not want_pre and hooks.pre_handle is not None:
                 hooks.pre_handle.remove()
@@ -284,12 +316,13 @@ class HookCore:
     def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
         """Make ``observer`` see the sites ``names`` in this context only, until exit."""
         watched = frozenset(names)
+        self.sync()
         unknown = watched - self.sites.keys()
         if unknown:
             raise KeyError(f"not hook sites of this model: {sorted(unknown)[:5]}")
-        token = ACTIVE_OBSERVERS.set((*ACTIVE_OBSERVERS.get(), (self, observer, watched)))
         enter = wants_enter(observer)
-        self._count_observer(watched, +1, enter)
+        self._count_observer(watched, +1, enter)  # may raise: nothing is set yet
+        token = ACTIVE_OBSERVERS.set((*ACTIVE_OBSERVERS.get(), (self, observer, watched)))
         try:
             yield
         finally:
@@ -298,6 +331,17 @@ class HookCore:
 
     def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
         with self._lock:
+            if step > 0 and any(
+                not self._at_path(h)
+                for h in {id(h): h for h in map(self._site_modules.get, names) if h}.values()
+            ):
+                self._follow_structure()  # a module moved without torch telling (a deletion)
+                gone = sorted(names - self._site_modules.keys())
+                if gone:
+                    raise StructureChangedError(
+                        f"{gone[:5]} stopped being sites while this call was being set up "
+                        "(the model changed: a module was deleted or moved); call it again"
+                    )
             touched: dict[int, _ModuleHooks] = {}
             for name in names:
                 hooks = self._site_modules[name]
@@ -316,7 +360,7 @@ class HookCore:
     def installed_hook_count(self) -> int:
         """How many torch hooks the core has on the model right now (0 when idle)."""
         with self._lock:
-            return sum(
+            return (self._guard is not None) + sum(
                 (h.output_handle is not None)
                 + (h.pre_handle is not None)
                 + (h.return_handle is not None)
@@ -334,6 +378,155 @@ class HookCore:
                 hooks.observer_counts.clear()
                 hooks.enter_watchers = 0
                 self._refresh(hooks)
+            self._set_guard(False)
+            structure_watch.unwatch(self, list(self.root.modules()))
+
+    # ------------------------------------------------------- structure changes
+    def mark_stale(self) -> None:
+        """The model's modules or parameters changed (told by structure_watch): find the
+        sites again before the next use, and before the next call if hooks are active."""
+        with self._lock:
+            self.stale = True
+            busy = self.installed_hook_count() > 0 or any(
+                _holds_hooks(hp) for hp in self.own_hook_points
+            )
+            if busy:
+                self._set_guard(True)
+
+    def _watch_structure(self) -> None:
+        modules = list(self.root.modules())
+        structure_watch.watch(self, modules)
+        # Deleting an item of a ModuleList, Sequential or ModuleDict registers nothing
+        # (and renumbers the rest): each one's table of children is compared instead.
+        self._containers = [
+            (m, m._modules, len(m._modules)) for m in modules if isinstance(m, _RENUMBERED)
+        ]
+
+    def _containers_changed(self) -> bool:
+        return any(m._modules is not d or len(d) != n for m, d, n in self._containers)
+
+    def sync(self, strict: bool = True) -> None:
+        """Find the sites again if the model changed since they were found: sites follow
+        their module path (a replaced module's hooks and observers move to the new one;
+        new modules and parameters get sites). If a site that holds hooks or is observed
+        no longer exists, nothing changes, every call of the model raises, and so does
+        this (unless ``strict=False``): StructureChangedError."""
+        if self.stale or self._containers_changed():
+            with self._lock:
+                if self.stale or self._containers_changed():
+                    try:
+                        self._follow_structure()
+                    except StructureChangedError:
+                        if strict:
+                            raise
+
+    def _set_guard(self, on: bool) -> None:
+        if on and self._guard is None:
+            self._guard = self.root.register_forward_pre_hook(
+                self._sync_before_call, prepend=True, with_kwargs=True
+            )
+        elif not on and self._guard is not None:
+            self._guard.remove()
+            self._guard = None
+
+    def _sync_before_call(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        self.sync()
+        # torch took this call's pre-hooks before the sites moved: the root's new
+        # pre-hook (if it needs one) runs from here, the old one does nothing.
+        root = next((h for h in self._all_module_hooks() if h.module is self.root), None)
+        if root is not None and root.pre_handle is not None:
+            return root.before_forward(module, args, kwargs)
+        return None
+
+    def _at_path(self, hooks: _ModuleHooks) -> bool:
+        """Is the module still where its sites say it is?"""
+        module: nn.Module | None = self.root
+        for part in hooks.path_parts:
+            module = module._modules.get(part)  # type: ignore[union-attr]
+            if module is None:
+                return False
+        return module is hooks.module
+
+    def _follow_structure(self) -> None:
+        self.stale = True
+        reuse = {
+            n: s.hook_point for n, s in self.sites.items() if s.kind is not SiteKind.HOOK_POINT
+        }
+        fresh = {
+            site.name: site
+            for site in discover_sites(
+                self.root, lambda name: reuse.get(name) or self._new_hook_point(name), self.inputs
+            )
+        }
+        for name, old in self.sites.items():  # sites made after discovery: aliases, leaves
+            if name in fresh or (name not in self._added and old.kind is not SiteKind.LEAF):
+                continue
+            owner_path = old.module_path
+            owner = fresh.get(site_name(owner_path)) if old.kind is SiteKind.LEAF else None
+            module = owner.module if owner is not None else self._module_at(owner_path)
+            if module is not None and (owner is not None or has_output_site(module, owner_path)):
+                fresh[name] = Site(
+                    name, old.kind, module, owner_path,
+                    hook_point=old.hook_point, leaf_path=old.leaf_path,
+                )  # fmt: skip
+        lost = [
+            name
+            for name, old in self.sites.items()
+            if name not in fresh
+            and (_holds_hooks(old.hook_point) or self._site_modules[name].observer_counts.get(name))
+        ]
+        if lost:
+            self._set_guard(True)
+            raise StructureChangedError(
+                f"the model changed since auto_hook found its sites: {sorted(lost)[:5]} no "
+                "longer exist (their module was replaced or removed, or their parameter "
+                "renamed, as pruning and parametrize do), yet hold hooks or are observed, "
+                "which could never fire again. Remove those hooks "
+                "(model.reset_hooks(including_permanent=True)), or call model.setup() to "
+                "find the sites again (it removes all hooks)."
+            )
+        old_hooks = self._all_module_hooks()
+        old_counts = {n: h.observer_counts.get(n, 0) for n, h in self._site_modules.items()}
+        watchers = {h.path_parts: h.enter_watchers for h in old_hooks}
+        for hooks in old_hooks:  # every torch hook comes off; _refresh puts back what is due
+            for handle in (hooks.output_handle, hooks.pre_handle, hooks.return_handle):
+                if handle is not None:
+                    handle.remove()
+            hooks.output_handle = hooks.pre_handle = hooks.return_handle = None
+            # A torch hook of this call taken before now finds nothing left to do.
+            hooks.output_sites, hooks.leaf_sites, hooks.input_sites = [], [], []
+            hooks.param_sites = []
+        self.sites, self._site_modules = {}, {}
+        for table in self.tables:
+            table.clear()
+        by_module: dict[int, _ModuleHooks] = {}
+        for site in fresh.values():
+            if site.kind is SiteKind.HOOK_POINT:
+                site.hook_point.name = site.name
+            self._register(site, by_module)
+        self.own_hook_points = [
+            s.hook_point for s in self.sites.values() if s.kind is SiteKind.HOOK_POINT
+        ]
+        self.hooked = {n: hp for n, hp in self.hooked.items() if n in self.sites}
+        for hooks in by_module.values():
+            hooks.enter_watchers = watchers.get(hooks.path_parts, 0)
+            for site in (
+                hooks.output_sites + hooks.leaf_sites + hooks.input_sites + hooks.param_sites
+            ):
+                if old_counts.get(site.name):
+                    hooks.observer_counts[site.name] = old_counts[site.name]
+            self._refresh(hooks)
+        self._watch_structure()
+        self.stale = False
+        self._set_guard(False)
+
+    def _module_at(self, path: str) -> nn.Module | None:
+        try:
+            return self.root.get_submodule(path)
+        except AttributeError:
+            return None
 
     def observers_of(self, site: Site) -> list[Observer]:
         return [

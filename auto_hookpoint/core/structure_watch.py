@@ -1,0 +1,86 @@
+"""Notice when a hooked model's modules or parameters change after its sites were found.
+
+``resize_token_embeddings()`` puts a new ``lm_head`` in place, ``torch.nn.utils.prune``
+swaps a parameter for ``<name>_orig`` and a mask, ``parametrize`` moves a parameter
+under a new ``parametrizations`` submodule: the sites found before no longer describe
+the model, and a hook on a replaced module would silently never fire.
+
+torch calls global *registration hooks* whenever a module or parameter is registered on
+any module (``setattr``, ``add_module``, ``register_parameter``, ``ModuleList.append``,
+...). One pair of them, placed when the first model is hooked, marks the hook core of
+every hooked model owning that module as *stale*; the core then finds its sites again
+before its next use (see ``HookCore.sync``). This costs nothing per forward: only a
+dictionary lookup per registration anywhere in the process.
+
+Changes that bypass registration (``del model.layer``, deleting an item of a
+``ModuleList``, assigning to ``module._modules`` directly) are caught where a site
+becomes active instead: the core checks that each module it places a hook on is still
+at its path.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
+from auto_hookpoint.core.sites import is_torch_builtin
+
+if TYPE_CHECKING:
+    from auto_hookpoint.core.hook_core import HookCore
+
+# Module -> the hook cores of the hooked models it belongs to.
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[HookCore]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCK = threading.Lock()
+_installed = False
+
+
+def watch(core: HookCore, modules: list[nn.Module]) -> None:
+    """Mark ``core`` stale when a module or parameter is registered on any of ``modules``."""
+    global _installed
+    with _LOCK:
+        if not _installed:
+            register_module_module_registration_hook(_module_registered)
+            register_module_parameter_registration_hook(_parameter_registered)
+            _installed = True
+        for module in modules:
+            _OWNERS.setdefault(module, weakref.WeakSet()).add(core)
+
+
+def unwatch(core: HookCore, modules: list[nn.Module]) -> None:
+    with _LOCK:
+        for module in modules:
+            owners = _OWNERS.get(module)
+            if owners is not None:
+                owners.discard(core)
+                if not owners:
+                    del _OWNERS[module]
+
+
+def _cores_of(module: nn.Module) -> list[HookCore]:
+    owners = _OWNERS.get(module)
+    return list(owners) if owners else []
+
+
+def _module_registered(module: nn.Module, name: str, submodule: Any) -> None:
+    if module._modules.get(name) is submodule:
+        return  # the same module again: nothing changes
+    for core in _cores_of(module):
+        core.mark_stale()
+
+
+def _parameter_registered(module: nn.Module, name: str, param: Any) -> None:
+    # Parameter sites are named after parameters of non-torch modules: only a new name
+    # there changes the sites (a new value under an old name is seen as it runs).
+    if is_torch_builtin(module) or name in module._parameters:
+        return
+    for core in _cores_of(module):
+        core.mark_stale()
