@@ -27,7 +27,7 @@ def module_sites(
         return sites
     if callable(names):
         return [n for n in sites if names(n)]
-    wanted = list(names)
+    wanted = [names] if isinstance(names, str) else list(names)  # one name, not its letters
     for name in wanted:
         if name not in sites:
             from auto_hookpoint.errors import UnknownHookNameError
