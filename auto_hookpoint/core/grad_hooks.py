@@ -11,21 +11,27 @@ backward hooks, ``hook(hook_point, grad_input, grad_output)``; it sees the gradi
 the loss with respect to the site's tensor and may return a replacement, which flows
 on backwards (later hooks get the replaced gradient as ``grad_input``).
 
-Three cases differ from a tensor of the site's own:
+Where the site's tensor is not simply a tensor of its own:
 
 * a leaf (a parameter): the hook goes on a view of it, or it would stay on the
   parameter for every later call;
 * a tensor the module was given and returns as it is (``nn.Identity``, dropout in eval
   mode): there is no tensor of the site's own, so the hook sees that tensor's whole
   gradient, including the part from its other uses;
-* a *view* of another tensor (``x[..., :3]``, ``x.view(...)``) that the model later
-  changes in place: autograd then drops every hook on the view. That cannot be made to
-  work, so it is not silent either: a guard on the view's base raises
-  :class:`BackwardHookLostError` in the backward pass, naming the site.
+* a *view* (``nn.Linear`` on a 3-d input returns a view of a 2-d result): autograd drops
+  every hook on a view that is later changed in place (``out += x``). If nothing in
+  Python can read the view's base (the 2-d result above), the site passes on an alias
+  of the view instead, the same memory as one autograd node of its own (``_Alias``),
+  on which the hook survives in-place ops. If the base can still be read (a module
+  returning ``h[..., :2]`` of an ``h`` its caller keeps using), changing the alias in
+  place would hide that change from ``h``'s gradients, so the hook goes on the view,
+  and a guard on the base raises :class:`BackwardHookLostError` in the backward pass
+  should autograd have dropped it: never a silently missing gradient.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -40,15 +46,39 @@ def attach_grad_hooks(
     """Make ``hooks`` see the gradient at ``tensor``; return the tensor to pass on."""
     if tensor.grad_fn is None:
         tensor = tensor.view_as(tensor)
+    if tensor._base is not None and _references(tensor) <= _UNREFERENCED:
+        tensor = _Alias.apply(tensor)  # (counted before any name here holds the base)
+    base = tensor._base
     watch = _GradientWatch(hook_point, hooks)
     tensor.register_hook(watch.on_grad)
-    base = tensor._base
     if base is not None and base.grad_fn is not None:
         # A detached alias shares the view's version counter but no autograd graph, so
         # holding it creates no reference cycle through the graph.
         watch.storage, watch.version = tensor.detach(), tensor._version
         base.register_hook(watch.on_base_grad)
     return tensor
+
+
+def _references(view: torch.Tensor) -> int:
+    base = view._base
+    return sys.getrefcount(base)
+
+
+# What _references gives for a base no Python code refers to (torch may hold one
+# reference of its own): measured, not assumed. More means someone can read the base.
+_UNREFERENCED = _references(torch.ones(2, 2).view(4))
+
+
+class _Alias(torch.autograd.Function):
+    """The same memory as a view, as an autograd node that is not a view."""
+
+    @staticmethod
+    def forward(ctx: Any, view: torch.Tensor) -> torch.Tensor:
+        return view.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
 
 
 class _GradientWatch:

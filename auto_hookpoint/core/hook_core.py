@@ -27,6 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from auto_hookpoint.core import structure_watch
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
+from auto_hookpoint.core.params_back import ParamsBack
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
 from auto_hookpoint.core.sites import Site, SiteKind, discover_sites, has_output_site, site_name
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
@@ -52,6 +53,7 @@ class _ModuleHooks:
         # Real parameters stashed while the module runs with hooked ones; a stack,
         # because a module may be called again from inside its own forward.
         self.lent: list[dict[str, Any]] = []
+        self.params_back: ParamsBack | None = None  # its forward, while it lends
 
     def add(self, site: Site) -> None:
         if site.kind is SiteKind.PARAMETER:
@@ -143,7 +145,10 @@ class _ModuleHooks:
             param = parameters[name]
             if param is None:
                 continue
-            shown = self._fire(self._watching([site]), param, ())
+            # In a call nested in another call of this module (re-entrant), _parameters
+            # holds what the outer call was lent: the hook still sees the real parameter.
+            real_param = next((entry[name] for entry in self.lent if name in entry), param)
+            shown = self._fire(self._watching([site]), real_param, ())
             if shown is not param:
                 real[name] = param
                 # The module reads self.<name> through Module.__getattr__, which looks
@@ -308,9 +313,14 @@ class HookCore:
                 hooks.return_handle = module.register_forward_hook(
                     hooks.return_params, prepend=True, always_call=True
                 )
+                hooks.params_back = ParamsBack(module, hooks.return_params)
+                hooks.params_back.install()
             elif not want_params and hooks.return_handle is not None:
                 hooks.return_handle.remove()
                 hooks.return_handle = None
+                if hooks.params_back is not None:
+                    hooks.params_back.remove()
+                    hooks.params_back = None
 
     @contextlib.contextmanager
     def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
@@ -495,6 +505,9 @@ class HookCore:
                 if handle is not None:
                     handle.remove()
             hooks.output_handle = hooks.pre_handle = hooks.return_handle = None
+            if hooks.params_back is not None:
+                hooks.params_back.remove()
+                hooks.params_back = None
             # A torch hook of this call taken before now finds nothing left to do.
             hooks.output_sites, hooks.leaf_sites, hooks.input_sites = [], [], []
             hooks.param_sites = []
