@@ -78,10 +78,11 @@ def scoped_hooks(
         model.context_level -= 1
         if reset_hooks_end:
             for hook_point, handle, direction in added:
-                handle.hook.remove()
                 handles = hook_point.fwd_hooks if direction == "fwd" else hook_point.bwd_hooks
                 if handle in handles:
                     handles.remove(handle)
+                # Last: the core, told of the removal, sees whether the site still holds any.
+                handle.hook.remove()
         if clear_contexts:
             for hook_point in {id(h): h for h, _, _ in added}.values():
                 hook_point.clear_context()
