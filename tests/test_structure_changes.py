@@ -203,3 +203,19 @@ def test_a_module_replaced_by_assignment_is_followed_by_an_observer_already_acti
         model(x)
     assert [t.shape[-1] for t in acts["2.hook_point"]] == [2, 5]
     assert torch_hook_count(model) == 0
+
+
+def test_a_hook_on_a_hook_point_taken_before_its_site_went_is_refused() -> None:
+    torch.manual_seed(0)
+    model = auto_hook(AutoEncoder())
+    x = torch.randn(2, 8)
+    stale = model.hook_dict["W_enc.hook_point"]
+    prune.l1_unstructured(model, "W_enc", amount=0.5)
+    stale.add_hook(lambda w, hook: w * 0)  # the model has not been looked at since
+    with pytest.raises(StructureChangedError, match="'W_enc.hook_point'"):
+        model(x)
+    model.reset_hooks()
+    assert "W_enc.hook_point" not in model.hook_dict  # looked at: the site is gone
+    with pytest.raises(StructureChangedError, match="no longer a site.*hook_dict again"):
+        stale.add_hook(lambda w, hook: w * 0)
+    model(x)

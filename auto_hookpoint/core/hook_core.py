@@ -40,7 +40,7 @@ class _ModuleHooks:
     def __init__(self, core: HookCore, module: nn.Module, path: str = ""):
         self.core = core
         self.module = module
-        self.path_parts = tuple(path.split(".")) if path else ()
+        self.path = path
         self.output_sites: list[Site] = []
         self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
@@ -271,17 +271,26 @@ class HookCore:
         assert name is not None
         with self._lock:
             held = hook_point.holds_hooks()
-            if held:
-                self.hooked[name] = hook_point
-            else:
-                self.hooked.pop(name, None)
-            if self.stale or (held and not self._at_path(self._site_modules[name])):
+            site = self.sites.get(name)
+            if self.stale or site is None or site.hook_point is not hook_point:
                 # Follow the model's structure now if that loses no active site; if it
                 # would, every run raises until those hooks go (see sync).
                 with contextlib.suppress(StructureChangedError):
                     self._follow_structure()
-            if self.sites.get(name) is not None and self.sites[name].hook_point is hook_point:
-                self._refresh(self._site_modules[name])
+                site = self.sites.get(name)
+            if site is None or site.hook_point is not hook_point:
+                if held:
+                    raise StructureChangedError(
+                        f"{name!r} is no longer a site of this model (the model changed "
+                        "since this HookPoint was taken from hook_dict), so a hook on it "
+                        "could never fire. Take the HookPoint from model.hook_dict again."
+                    )
+                return
+            if held:
+                self.hooked[name] = hook_point
+            else:
+                self.hooked.pop(name, None)
+            self._refresh(self._site_modules[name])
 
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
@@ -305,6 +314,9 @@ class HookCore:
                 hooks.pre_handle = module.register_forward_pre_hook(
                     hooks.before_forward, with_kwargs=True, prepend=True
                 )
+                if module is self.root and self._guard is not None:  # the guard stays first
+                    self._set_guard(False)
+                    self._set_guard(True)
             elif not want_pre and hooks.pre_handle is not None:
                 hooks.pre_handle.remove()
                 hooks.pre_handle = None
@@ -341,17 +353,6 @@ class HookCore:
 
     def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
         with self._lock:
-            if step > 0 and any(
-                not self._at_path(h)
-                for h in {id(h): h for h in map(self._site_modules.get, names) if h}.values()
-            ):
-                self._follow_structure()  # a module moved without torch telling (a deletion)
-                gone = sorted(names - self._site_modules.keys())
-                if gone:
-                    raise StructureChangedError(
-                        f"{gone[:5]} stopped being sites while this call was being set up "
-                        "(the model changed: a module was deleted or moved); call it again"
-                    )
             touched: dict[int, _ModuleHooks] = {}
             for name in names:
                 hooks = self._site_modules[name]
@@ -415,7 +416,7 @@ class HookCore:
     def _containers_changed(self) -> bool:
         return any(m._modules is not d or len(d) != n for m, d, n in self._containers)
 
-    def sync(self, strict: bool = True) -> None:
+    def sync(self, strict: bool = True) -> None:  # cheap when nothing changed: every run calls it
         """Find the sites again if the model changed since they were found: sites follow
         their module path (a replaced module's hooks and observers move to the new one;
         new modules and parameters get sites). If a site that holds hooks or is observed
@@ -450,17 +451,10 @@ class HookCore:
             return root.before_forward(module, args, kwargs)
         return None
 
-    def _at_path(self, hooks: _ModuleHooks) -> bool:
-        """Is the module still where its sites say it is?"""
-        module: nn.Module | None = self.root
-        for part in hooks.path_parts:
-            module = module._modules.get(part)  # type: ignore[union-attr]
-            if module is None:
-                return False
-        return module is hooks.module
-
     def _follow_structure(self) -> None:
         self.stale = True
+        if any(h.lent for h in self._all_module_hooks()):
+            return  # a call is running with lent parameters: after it, not under it
         reuse = {
             n: s.hook_point for n, s in self.sites.items() if s.kind is not SiteKind.HOOK_POINT
         }
@@ -499,7 +493,7 @@ class HookCore:
             )
         old_hooks = self._all_module_hooks()
         old_counts = {n: h.observer_counts.get(n, 0) for n, h in self._site_modules.items()}
-        watchers = {h.path_parts: h.enter_watchers for h in old_hooks}
+        watchers = {h.path: h.enter_watchers for h in old_hooks}
         for hooks in old_hooks:  # every torch hook comes off; _refresh puts back what is due
             for handle in (hooks.output_handle, hooks.pre_handle, hooks.return_handle):
                 if handle is not None:
@@ -524,7 +518,7 @@ class HookCore:
         ]
         self.hooked = {n: hp for n, hp in self.hooked.items() if n in self.sites}
         for hooks in by_module.values():
-            hooks.enter_watchers = watchers.get(hooks.path_parts, 0)
+            hooks.enter_watchers = watchers.get(hooks.path, 0)
             for site in (
                 hooks.output_sites + hooks.leaf_sites + hooks.input_sites + hooks.param_sites
             ):

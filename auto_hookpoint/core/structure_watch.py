@@ -12,10 +12,10 @@ every hooked model owning that module as *stale*; the core then finds its sites 
 before its next use (see ``HookCore.sync``). This costs nothing per forward: only a
 dictionary lookup per registration anywhere in the process.
 
-Changes that bypass registration (``del model.layer``, deleting an item of a
-``ModuleList``, assigning to ``module._modules`` directly) are caught where a site
-becomes active instead: the core checks that each module it places a hook on is still
-at its path.
+Deleting an item of a ``ModuleList``, ``Sequential`` or ``ModuleDict`` registers
+nothing and renumbers the rest; the core compares those containers' children at each
+use instead (``HookCore.sync``). A module deleted with ``del model.attribute`` is simply
+no longer called; its site stays until the next change or ``setup()``.
 """
 
 from __future__ import annotations
