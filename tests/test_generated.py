@@ -107,6 +107,9 @@ def test_sites_fire_as_the_witness_counts_and_keep_its_values(spec: Any) -> None
         if site.kind is SiteKind.PARAMETER:
             calls = seen.calls.get(site.module_path, 0)
             assert len(kept.get(name, [])) == calls, f"{name} fired other than once per call"
+    _, cache = model.run_with_cache(x)  # the last value of each site, as capture's
+    assert set(cache) == set(kept)
+    assert all(torch.equal(cache[name], kept[name][-1]) for name in cache)
     extra = (
         set(kept)
         - {site_name(p) for p in seen.values}

@@ -37,11 +37,16 @@ def a_number(t: torch.Tensor, hook: Any) -> Any:
     return 1.0
 
 
+def wrong_device(t: torch.Tensor, hook: Any) -> Any:
+    return t.to("meta")  # (any other device than the one it was given)
+
+
 BAD: dict[str, tuple[Callable[..., Any], str]] = {
     "tuple": (as_tuple, "a value of type tuple"),
     "shape": (wrong_shape, "shape [2, 8, 1]"),
     "dtype": (wrong_dtype, "float64"),
     "number": (a_number, "a value of type float"),
+    "device": (wrong_device, "on meta"),
 }
 
 
