@@ -34,6 +34,16 @@ _EXPORTS: dict[str, str] = {
     "run_until": "auto_hookpoint.split.exit",
     "resume_from": "auto_hookpoint.split.resume",
     "EarlyOutput": "auto_hookpoint.split.early_output",
+    # split inference across machines
+    "SplitClient": "auto_hookpoint.remote.client",
+    "SplitStats": "auto_hookpoint.remote.client",
+    "SplitServer": "auto_hookpoint.remote.server",
+    "split_server_app": "auto_hookpoint.remote.server",
+    "load_model_dir": "auto_hookpoint.remote.loading",
+    "profile_split": "auto_hookpoint.remote.profile",
+    "SplitProfile": "auto_hookpoint.remote.profile",
+    "plan_split": "auto_hookpoint.remote.planner",
+    "SplitPlan": "auto_hookpoint.remote.planner",
     # the adapter, and the original Auto_HookPoint names
     "HookedTransformerAdapter": "auto_hookpoint.adapter",
     "ArchitectureMapping": "auto_hookpoint.adapter",
@@ -53,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
     "EarlyOutputError": "auto_hookpoint.errors",
+    "SplitServerError": "auto_hookpoint.errors",
+    "SplitConnectionError": "auto_hookpoint.errors",
     "NonFiniteError": "auto_hookpoint.observers.numerics",
     "ArchitectureError": "auto_hookpoint.adapter",
     "AutoHookCheckError": "auto_hookpoint.check",
@@ -92,6 +104,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         HookResultError,
         ResumeError,
         SiteNeverFiredError,
+        SplitConnectionError,
+        SplitServerError,
         StructureChangedError,
         UnknownHookNameError,
     )
@@ -101,6 +115,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.observers.memory import memory_profile
     from auto_hookpoint.observers.numerics import NonFiniteError, find_nonfinite
     from auto_hookpoint.observers.trace import trace
+    from auto_hookpoint.remote.client import SplitClient, SplitStats
+    from auto_hookpoint.remote.loading import load_model_dir
+    from auto_hookpoint.remote.planner import SplitPlan, plan_split
+    from auto_hookpoint.remote.profile import SplitProfile, profile_split
+    from auto_hookpoint.remote.server import SplitServer, split_server_app
     from auto_hookpoint.site_report import describe_sites
     from auto_hookpoint.split.early_output import EarlyOutput
     from auto_hookpoint.split.exit import run_until

@@ -14,6 +14,10 @@ saves it in sae_lens' format.
 
 ``auto-hookpoint trace|memory|nonfinite [MODEL_DIR]`` run the observers: a Chrome trace
 of a generation, a memory table and bar chart, the first module producing a NaN/Inf.
+
+``auto-hookpoint serve [MODEL_DIR] [--host 127.0.0.1] [--port 8000]`` serves the cloud
+half of split inference over HTTP; ``auto-hookpoint plan [MODEL_DIR] --bandwidth 20Mbit
+--rtt 30ms`` measures the model and prints the latency of every split for that link.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import nn
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
 
-COMMANDS = ("sites", "split", "train-sae", "trace", "memory", "nonfinite")
+COMMANDS = ("sites", "split", "train-sae", "trace", "memory", "nonfinite", "serve", "plan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +59,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory.add_argument("--out", type=Path, default=Path("memory.png"), help="chart file")
     nonfinite = commands.add_parser("nonfinite", help="find the first module producing NaN/Inf")
     nonfinite.add_argument("--poison", help="set one weight of this module to NaN first")
-    for sub in (sites, split, train, tracing, memory, nonfinite):
+    serve = commands.add_parser("serve", help="serve the cloud half of split inference (HTTP)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
+    serve.add_argument("--max-request-mb", type=float, default=256, help="request size limit")
+    serve.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    plan = commands.add_parser("plan", help="latency of every split point for a network link")
+    plan.add_argument("--bandwidth", default="20Mbit", help="link bandwidth: 20Mbit, 1Gbit, 5MB/s")
+    plan.add_argument("--rtt", default="30ms", help="round-trip time: 30ms, 0.1s")
+    plan.add_argument("--batch", type=int, default=1, help="batch size to plan for")
+    plan.add_argument("--seq-len", type=int, default=128, help="positions to plan for")
+    plan.add_argument("--repeats", type=int, default=5, help="measured forwards")
+    plan.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    plan.add_argument(
+        "--last-position", action="store_true", help="the server returns the last position only"
+    )
+    plan.add_argument(
+        "--compress", default="none", help="compressions the pick may use: none,fp16,bf16,int8"
+    )
+    plan.add_argument("--save-profile", type=Path, help="save this machine's profile (JSON)")
+    plan.add_argument("--edge-profile", type=Path, help="the edge's profile, measured there")
+    plan.add_argument("--server-profile", type=Path, help="the server's profile, measured there")
+    plan.add_argument("--chart", type=Path, default=Path("split_plan.png"), help="chart file")
+    for sub in (sites, split, train, tracing, memory, nonfinite, serve, plan):
         sub.add_argument(
             "model_dir",
             nargs="?",
@@ -75,6 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "train-sae":
         return _train_sae(args)
+    if args.command == "serve":
+        from auto_hookpoint.commands.serve import serve as serve_model
+
+        serve_model(args.model_dir, args.host, args.port, args.max_request_mb, args.threads)
+        return 0
+    if args.command == "plan":
+        from auto_hookpoint.commands.plan import plan as plan_split
+
+        return plan_split(args)
     if args.command in ("trace", "memory", "nonfinite"):
         from auto_hookpoint.commands import observer_demo as demo
 

@@ -67,3 +67,20 @@ class ResumeError(AutoHookError, RuntimeError):
 
 class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
+
+
+class SplitServerError(AutoHookError, RuntimeError):
+    """The split server refused a request (4xx) or failed computing it (5xx).
+
+    ``status`` is the HTTP status, ``kind`` the server's short name for the problem
+    (``"wrong_model"``, ``"too_large"``, ...); the message is the server's explanation.
+    """
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class SplitConnectionError(AutoHookError, ConnectionError):
+    """The split server could not be reached, or did not answer in time."""

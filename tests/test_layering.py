@@ -1,5 +1,5 @@
 """The package's layers only look down: core, then split and the observers, then the
-hooked model, then the features that use it (adapter, check, commands, CLI).
+hooked model, then the features that use it (adapter, check, remote, commands, CLI).
 
 Read from the source (every import, also those inside functions), so a reach upwards
 fails here before it becomes a cycle.
@@ -23,6 +23,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "scoped_hooks": ("core", "errors"),
     "site_report": ("core", "errors"),
     "hooked": ("core", "errors", "split", "scoped_hooks"),
+    # split inference across machines: a feature on top of the hooked model
+    "remote": ("core", "errors", "split", "observers", "hooked", "remote"),
 }
 
 

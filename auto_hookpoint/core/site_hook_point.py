@@ -1,7 +1,7 @@
 """The HookPoint behind each auto_hookpoint site.
 
 It is a TransformerLens ``HookPoint`` in every respect (``add_hook``, ``remove_hooks``,
-``fwd_hooks``/``bwd_hooks``, ``ctx``, ``name``), with two additions:
+``fwd_hooks``/``bwd_hooks``, ``ctx``, ``name``), with these additions:
 
 * every torch hook registered on it, by whatever route (``run_with_hooks``, ``hooks()``,
   ``add_hook``, TransformerLens code calling ``hook_dict[name].add_hook``, or a plain

@@ -79,17 +79,9 @@ class EarlyOutput:
         return dataclasses.replace(self, activations=moved, order=list(self.order))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tensors = {name: t.detach().contiguous().clone() for name, t in self.activations.items()}
-        metadata = {
-            "format": FORMAT,
-            "site": self.site,
-            "order": json.dumps(self.order),
-            "model_class": self.model_class,
-            "fingerprint": self.fingerprint,
-            "output_path": json.dumps(self.output_path),
-            "shapes": json.dumps({k: list(v.shape) for k, v in tensors.items()}),
-            "dtypes": json.dumps({k: str(v.dtype) for k, v in tensors.items()}),
-        }
+        """Write a safetensors file (never pickle): :meth:`to_safetensors`'s tensors and
+        metadata."""
+        tensors, metadata = self.to_safetensors()
         save_file(tensors, os.fspath(path), metadata=metadata)
 
     @classmethod
@@ -101,9 +93,34 @@ class EarlyOutput:
                 tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as error:
             raise EarlyOutputError(f"{path} is not a readable EarlyOutput file: {error}") from error
+        return cls.from_safetensors(tensors, metadata, str(path))
+
+    def to_safetensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors (one per banked site, contiguous copies) and the string metadata
+        of this EarlyOutput's safetensors form, for a file or another container (a
+        network request)."""
+        tensors = {name: t.detach().contiguous().clone() for name, t in self.activations.items()}
+        metadata = {
+            "format": FORMAT,
+            "site": self.site,
+            "order": json.dumps(self.order),
+            "model_class": self.model_class,
+            "fingerprint": self.fingerprint,
+            "output_path": json.dumps(self.output_path),
+            "shapes": json.dumps({k: list(v.shape) for k, v in tensors.items()}),
+            "dtypes": json.dumps({k: str(v.dtype) for k, v in tensors.items()}),
+        }
+        return tensors, metadata
+
+    @classmethod
+    def from_safetensors(
+        cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str], where: str = "the data"
+    ) -> EarlyOutput:
+        """The EarlyOutput that :meth:`to_safetensors` gave these tensors and metadata;
+        EarlyOutputError (naming ``where``) if they are not one, or were altered."""
         if metadata.get("format") != FORMAT:
             raise EarlyOutputError(
-                f"{path} is a safetensors file but not an EarlyOutput (format "
+                f"{where} is a safetensors file but not an EarlyOutput (format "
                 f"{metadata.get('format')!r}, expected {FORMAT!r})"
             )
         try:
@@ -114,15 +131,15 @@ class EarlyOutput:
                 json.loads(metadata["output_path"]), metadata["fingerprint"],
             )  # fmt: skip
         except (KeyError, json.JSONDecodeError) as error:
-            raise EarlyOutputError(f"{path} has damaged EarlyOutput metadata: {error}") from error
+            raise EarlyOutputError(f"{where} has damaged EarlyOutput metadata: {error}") from error
         if site not in tensors:
             raise EarlyOutputError(
-                f"{path} does not hold the activation of its split site {site!r}"
+                f"{where} does not hold the activation of its split site {site!r}"
             )
         for name, tensor in tensors.items():
             if list(tensor.shape) != shapes.get(name) or str(tensor.dtype) != dtypes.get(name):
                 raise EarlyOutputError(
-                    f"{path}: {name!r} is {list(tensor.shape)} {tensor.dtype} but was saved as "
+                    f"{where}: {name!r} is {list(tensor.shape)} {tensor.dtype} but was saved as "
                     f"{shapes.get(name)} {dtypes.get(name)}"
                 )
         return early
