@@ -31,13 +31,13 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "auto_hookpoint-hypothesis
 
 settings.register_profile(
     "ci",
-    max_examples=150,
+    max_examples=500,
     deadline=None,
     database=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("thorough", settings.get_profile("ci"), max_examples=3000)
+settings.register_profile("thorough", settings.get_profile("ci"), max_examples=5000)
 settings.load_profile(os.environ.get("AUTO_HOOKPOINT_HYPOTHESIS", "ci"))
 
 
