@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Site": "auto_hookpoint.core.sites",
     "SiteKind": "auto_hookpoint.core.sites",
     "describe_sites": "auto_hookpoint.site_report",
+    "carry_context": "auto_hookpoint.core.context",
     # observers
     "capture": "auto_hookpoint.observers.capture",
     "trace": "auto_hookpoint.observers.trace",
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     # the adapter, and the original Auto_HookPoint names
     "HookedTransformerAdapter": "auto_hookpoint.adapter",
     "ArchitectureMapping": "auto_hookpoint.adapter",
+    "BlockParts": "auto_hookpoint.adapter",
     "HookedTransformerAdapterCfg": "auto_hookpoint.adapter",
     "HookedTransformerConfig_From_AutoConfig": "auto_hookpoint.adapter",
     # checking
@@ -60,11 +62,15 @@ _EXPORTS: dict[str, str] = {
     "BackwardHookLostError": "auto_hookpoint.errors",
     "StructureChangedError": "auto_hookpoint.errors",
     "UnknownHookNameError": "auto_hookpoint.errors",
+    "ReadOnlySiteError": "auto_hookpoint.errors",
     "SiteNeverFiredError": "auto_hookpoint.errors",
     "ResumeError": "auto_hookpoint.errors",
     "EarlyOutputError": "auto_hookpoint.errors",
+    "NameClashError": "auto_hookpoint.errors",
+    "NameClashWarning": "auto_hookpoint.errors",
     "SplitServerError": "auto_hookpoint.errors",
     "SplitConnectionError": "auto_hookpoint.errors",
+    "CompiledBeforeHookingError": "auto_hookpoint.errors",
     "NonFiniteError": "auto_hookpoint.observers.numerics",
     "ArchitectureError": "auto_hookpoint.adapter",
     "AutoHookCheckError": "auto_hookpoint.check",
@@ -90,18 +96,24 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.adapter import (
         ArchitectureError,
         ArchitectureMapping,
+        BlockParts,
         HookedTransformerAdapter,
         HookedTransformerAdapterCfg,
         HookedTransformerConfig_From_AutoConfig,
     )
     from auto_hookpoint.check import AutoHookCheckError, AutoHookReport, check_auto_hook
+    from auto_hookpoint.core.context import carry_context
     from auto_hookpoint.core.sites import Site, SiteKind
     from auto_hookpoint.errors import (
         AutoHookError,
         BackwardHookLostError,
+        CompiledBeforeHookingError,
         EarlyOutputError,
         HookFunctionError,
         HookResultError,
+        NameClashError,
+        NameClashWarning,
+        ReadOnlySiteError,
         ResumeError,
         SiteNeverFiredError,
         SplitConnectionError,

@@ -25,12 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from auto_hookpoint.commands import CommandError, load_any_model, load_causal_lm
+from auto_hookpoint.errors import UnknownHookNameError
 
 DEFAULT_TEXT = "The return statement leaves the current function call with a value."
 
@@ -39,6 +42,23 @@ COMMANDS = ("sites", "split", "train-sae", "trace", "memory", "nonfinite", "serv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command. Bad arguments exit with status 2 (argparse's usage error) when
+    they are wrong on their face, or 1 with one line naming the problem and the fix when
+    they are found wrong once the model is loaded (a layer it does not have, ...)."""
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "sites")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    try:
+        return _run(args)
+    except CommandError as error:
+        print(f"auto-hookpoint {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auto-hookpoint",
         description="TransformerLens hooks on any model. With no command: `sites`.",
@@ -48,57 +68,117 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = commands.add_parser(
         "split", help="split a causal LM after block K and finish it in another process"
     )
-    split.add_argument("--layer", type=int, default=1, help="the block to split after")
+    split.add_argument("--layer", type=_at_least(0), default=1, help="the block to split after")
     train = commands.add_parser("train-sae", help="train an SAE with sae_lens on a causal LM")
     train.add_argument("--hook", default="blocks.1.hook_resid_post", help="the hook to train on")
-    train.add_argument("--steps", type=int, default=400, help="training steps")
-    train.add_argument("--out", type=Path, default=Path("sae_out"), help="where to save the SAE")
+    train.add_argument("--steps", type=_at_least(1), default=400, help="training steps")
+    train.add_argument(
+        "--out", type=_output_folder, default=Path("sae_out"), help="where to save the SAE"
+    )
     tracing = commands.add_parser("trace", help="trace a generation, write a Chrome trace")
-    tracing.add_argument("--out", type=Path, default=Path("trace.json"), help="trace file")
+    tracing.add_argument("--out", type=_output_file, default=Path("trace.json"), help="trace file")
     memory = commands.add_parser("memory", help="memory per module, and a bar chart")
-    memory.add_argument("--out", type=Path, default=Path("memory.png"), help="chart file")
+    memory.add_argument("--out", type=_output_file, default=Path("memory.png"), help="chart file")
     nonfinite = commands.add_parser("nonfinite", help="find the first module producing NaN/Inf")
     nonfinite.add_argument("--poison", help="set one weight of this module to NaN first")
     serve = commands.add_parser("serve", help="serve the cloud half of split inference (HTTP)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    serve.add_argument("--port", type=int, default=8000, help="port (0: a free one)")
-    serve.add_argument("--max-request-mb", type=float, default=256, help="request size limit")
-    serve.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (0: a free one)")
+    serve.add_argument("--max-request-mb", type=_positive, default=256, help="request size limit")
+    serve.add_argument("--threads", type=_at_least(1), help="torch threads (default: torch's)")
     plan = commands.add_parser("plan", help="latency of every split point for a network link")
     plan.add_argument("--bandwidth", default="20Mbit", help="link bandwidth: 20Mbit, 1Gbit, 5MB/s")
     plan.add_argument("--rtt", default="30ms", help="round-trip time: 30ms, 0.1s")
-    plan.add_argument("--batch", type=int, default=1, help="batch size to plan for")
-    plan.add_argument("--seq-len", type=int, default=128, help="positions to plan for")
-    plan.add_argument("--repeats", type=int, default=5, help="measured forwards")
-    plan.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    plan.add_argument("--batch", type=_at_least(1), default=1, help="batch size to plan for")
+    plan.add_argument("--seq-len", type=_at_least(1), default=128, help="positions to plan for")
+    plan.add_argument("--repeats", type=_at_least(1), default=5, help="measured forwards")
+    plan.add_argument("--threads", type=_at_least(1), help="torch threads (default: torch's)")
     plan.add_argument(
         "--last-position", action="store_true", help="the server returns the last position only"
     )
     plan.add_argument(
         "--compress", default="none", help="compressions the pick may use: none,fp16,bf16,int8"
     )
-    plan.add_argument("--save-profile", type=Path, help="save this machine's profile (JSON)")
+    plan.add_argument(
+        "--save-profile", type=_output_file, help="save this machine's profile (JSON)"
+    )
     plan.add_argument("--edge-profile", type=Path, help="the edge's profile, measured there")
     plan.add_argument("--server-profile", type=Path, help="the server's profile, measured there")
-    plan.add_argument("--chart", type=Path, default=Path("split_plan.png"), help="chart file")
+    plan.add_argument(
+        "--chart", type=_output_file, default=Path("split_plan.png"), help="chart file"
+    )
     for sub in (sites, split, train, tracing, memory, nonfinite, serve, plan):
         sub.add_argument(
             "model_dir",
             nargs="?",
-            type=Path,
+            type=_model_folder,
             help="a local HuggingFace model folder (default: a small Llama built from a config)",
         )
-        sub.add_argument("--text", default=DEFAULT_TEXT, help="input text")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
-        argv.insert(0, "sites")
-    args = parser.parse_args(argv)
+        sub.add_argument("--text", type=_some_text, default=DEFAULT_TEXT, help="input text")
+    return parser
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
-    if args.model_dir is not None and not (args.model_dir / "config.json").is_file():
-        sys.exit(
-            f"auto-hookpoint: {args.model_dir} is not a HuggingFace model folder (no config.json)"
+
+# Argument types: a ValueError's message becomes argparse's one-line error, exit status 2.
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)  # argparse names a non-number itself
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {low}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: give 1 to 65535, or 0 (any)")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _model_folder(text: str) -> Path:
+    path = Path(text)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a HuggingFace model folder ({what}): give a folder written by "
+            "save_pretrained(), or none for the demo model"
         )
+    return path
+
+
+def _output_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir():
+        problem = "is a folder" if path.is_dir() else f"is in {path.parent}, which does not exist"
+        raise argparse.ArgumentTypeError(
+            f"{text} {problem}: give a file path in an existing folder"
+        )
+    return path
+
+
+def _output_folder(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file: give a folder to save the SAE in")
+    return path
+
+
+def _some_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the text is empty: give a few words to run on")
+    return text
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train-sae":
         return _train_sae(args)
     if args.command == "serve":
@@ -148,9 +228,13 @@ def _train_sae(args: argparse.Namespace) -> int:
     if args.model_dir is None:
         adapter = HookedTransformerAdapter(demo_model(num_layers=4), demo_tokenizer())
     else:
-        adapter = HookedTransformerAdapter.from_pretrained(args.model_dir)
+        model, tokenizer, _ = load_causal_lm(args.model_dir)
+        adapter = HookedTransformerAdapter(model, tokenizer)
     if args.hook not in adapter.hook_dict:
-        adapter.hook_dict[args.hook]  # raises, naming the closest hooks
+        try:
+            adapter.hook_dict[args.hook]  # raises, naming the closest hooks
+        except UnknownHookNameError as error:
+            raise CommandError(f"--hook: {error}") from error
     model_name = adapter.cfg.original_architecture
     print(f"training an SAE on {args.hook!r} of {model_name} for {args.steps} steps")
     _, metrics = train_sae(adapter, args.hook, args.out, steps=args.steps)
@@ -164,14 +248,7 @@ def _load(model_dir: Path | None) -> tuple[nn.Module, Any, str]:
         from auto_hookpoint.demo import demo_model, demo_tokenizer
 
         return demo_model(), demo_tokenizer(), "demo LlamaForCausalLM (random weights)"
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    auto_class = AutoModelForCausalLM if causal else AutoModel
-    model = auto_class.from_pretrained(model_dir, local_files_only=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    return model, tokenizer, f"{type(model).__name__} from {model_dir}"
+    return load_any_model(model_dir)  # type: ignore[no-any-return]
 
 
 def _demonstrate(hooked: Any, inputs: dict[str, torch.Tensor], fired: list[str]) -> None:

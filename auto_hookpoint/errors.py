@@ -69,6 +69,20 @@ class EarlyOutputError(AutoHookError, ValueError):
     """An EarlyOutput file that is corrupt, or does not belong to this model."""
 
 
+class ReadOnlySiteError(AutoHookError, RuntimeError):
+    """A hook replaced or edited, in place, the tensor of a site that can only be read."""
+
+
+class NameClashError(AutoHookError, TypeError):
+    """The model has its own attribute under a name auto_hook must store on a hooked
+    model (``hook_dict``, ``mod_dict``, ...); nothing was changed. Rename the model's."""
+
+
+class NameClashWarning(UserWarning):
+    """The model has its own attribute under a name a hooked model gains (``setup``,
+    ``hooks``, ...): the model's own is kept; the message says how to reach ours."""
+
+
 class SplitServerError(AutoHookError, RuntimeError):
     """The split server refused a request (4xx) or failed computing it (5xx).
 
@@ -84,3 +98,8 @@ class SplitServerError(AutoHookError, RuntimeError):
 
 class SplitConnectionError(AutoHookError, ConnectionError):
     """The split server could not be reached, or did not answer in time."""
+
+
+class CompiledBeforeHookingError(AutoHookError, RuntimeError):
+    """A submodule was compiled before auto_hook, so its compiled code would not notice
+    hooks added later; the message names it and says what to do."""

@@ -20,23 +20,20 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal
 
 from transformer_lens.hook_points import HookPoint, LensHandle
 
 from auto_hookpoint.core.attached import core_of
+from auto_hookpoint.core.context import ACTIVE_SCOPES, HookScope
 
-_ACTIVE_SCOPES: ContextVar[frozenset[int]] = ContextVar(
-    "auto_hookpoint_active_hook_scopes", default=frozenset()
-)
 HookSpec = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 
 
-def _only_in_scope(hook: Callable[..., Any], scope: int) -> Callable[..., Any]:
+def _only_in_scope(hook: Callable[..., Any], scope: HookScope) -> Callable[..., Any]:
     @functools.wraps(hook)
     def scoped_hook(tensor: Any, *, hook: HookPoint) -> Any:
-        if scope not in _ACTIVE_SCOPES.get():
+        if not scope.visible():
             return None  # another thread's or task's hook: leave the tensor as it is
         return user_hook(tensor, hook=hook)
 
@@ -53,11 +50,12 @@ def scoped_hooks(
     clear_contexts: bool = False,
 ) -> Iterator[Any]:
     """The body of ``HookedModule.hooks``; see the module docstring."""
-    scope = object()
-    token = _ACTIVE_SCOPES.set(_ACTIVE_SCOPES.get() | {id(scope)})
+    scope = HookScope()
+    token = ACTIVE_SCOPES.set(ACTIVE_SCOPES.get() | {scope})
     added: list[tuple[HookPoint, LensHandle, Literal["fwd", "bwd"]]] = []
     model.context_level += 1  # kept for TransformerLens code that reads it
     try:
+        scope.open()
         directions: tuple[tuple[Literal["fwd", "bwd"], HookSpec], ...] = (
             ("fwd", fwd_hooks),
             ("bwd", bwd_hooks),
@@ -67,14 +65,16 @@ def scoped_hooks(
                 for hook_point in _hook_points(model, name):
                     # Hooks kept past the scope (reset_hooks_end=False) are global, as
                     # in TransformerLens; temporary forward hooks are the scope's own.
+                    added_hook = hook
                     if direction == "fwd" and reset_hooks_end:
-                        hook = _only_in_scope(hook, id(scope))
-                    hook_point.add_hook(hook, dir=direction, level=model.context_level)
+                        added_hook = _only_in_scope(hook, scope)
+                    hook_point.add_hook(added_hook, dir=direction, level=model.context_level)
                     handles = hook_point.fwd_hooks if direction == "fwd" else hook_point.bwd_hooks
                     added.append((hook_point, handles[-1], direction))
         yield model
     finally:
-        _ACTIVE_SCOPES.reset(token)
+        scope.close()
+        ACTIVE_SCOPES.reset(token)
         model.context_level -= 1
         if reset_hooks_end:
             for hook_point, handle, direction in added:

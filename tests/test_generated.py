@@ -38,9 +38,9 @@ from torch import nn
 from witness import witness
 
 from auto_hookpoint import HookFunctionError, auto_hook, capture
+from auto_hookpoint.core.context import ACTIVE_SCOPES
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS
 from auto_hookpoint.core.sites import SiteKind, site_name
-from auto_hookpoint.scoped_hooks import _ACTIVE_SCOPES
 
 # Counted over every run of the tests in this file, for the README's figures.
 FIGURES = {"models": 0, "faults": 0}
@@ -68,7 +68,7 @@ def params(model: nn.Module) -> dict[str, Any]:
 def assert_nothing_left(model: Any, real_params: dict[str, Any], x: torch.Tensor, out: Any) -> None:
     assert torch_hook_count(model) == 0, "a torch hook was left on the model"
     assert ACTIVE_OBSERVERS.get() == (), "an observer was left active"
-    assert _ACTIVE_SCOPES.get() == frozenset(), "a hooks() scope was left active"
+    assert ACTIVE_SCOPES.get() == frozenset(), "a hooks() scope was left active"
     now = params(model)
     lent = [n for n, p in real_params.items() if now[n] is not p]
     assert not lent, f"parameters left lent: {lent}"

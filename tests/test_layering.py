@@ -22,9 +22,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "observers": ("core", "errors", "observers"),
     "scoped_hooks": ("core", "errors"),
     "site_report": ("core", "errors"),
-    "hooked": ("core", "errors", "split", "scoped_hooks"),
+    "name_clashes": ("errors",),
+    "hooked": ("core", "errors", "split", "scoped_hooks", "name_clashes"),
     # split inference across machines: a feature on top of the hooked model
     "remote": ("core", "errors", "split", "observers", "hooked", "remote"),
+    # HookedTransformerAdapter: TransformerLens' surface on the hooked HF model
+    "adapter": ("core", "errors", "split", "hooked", "scoped_hooks", "adapter", "demo"),
 }
 
 

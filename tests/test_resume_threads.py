@@ -1,10 +1,8 @@
 """resume_from while another thread uses the same model (found by the split server's tests).
 
-resume_from puts stand-in forwards on the model's blocks (instance attributes) for the
-duration of its call, so a plain forward in another thread at that moment runs the
-stand-ins and returns a plausible wrong answer, and a second resume at that moment
-refuses. The split server serializes its requests (remote/executor.py) until this is
-fixed; when it is, these tests pass and their strict xfail marks must go.
+resume_from's stand-in blocks answer only in the thread (or task) that resumes: a plain
+forward in another thread at that moment computes every block itself, and a second
+resume at that moment resumes too, each from its own activation.
 
 Each test holds a resume in the middle of its forward (a hook of that thread's own,
 after the split, waits on an event) while the other thread runs: deterministic.
@@ -17,13 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 import torch
 from hf_models import ARCHS
 
 from auto_hookpoint import ResumeError, auto_hook
 
-BUG = "resume_from replaces block forwards on the shared model: not thread-safe"
 SPLIT, LATER = "model.layers.0.hook_point", "model.layers.1.hook_point"
 
 
@@ -60,7 +56,6 @@ def _llama() -> tuple[Any, dict[str, Any]]:
     return auto_hook(ARCHS["llama"].build().eval()), ARCHS["llama"].inputs()
 
 
-@pytest.mark.xfail(strict=True, reason=BUG)
 def test_a_forward_in_another_thread_is_not_changed_by_a_resume() -> None:
     model, inputs = _llama()
     other = {"input_ids": (inputs["input_ids"] + 1) % 96}
@@ -71,7 +66,6 @@ def test_a_forward_in_another_thread_is_not_changed_by_a_resume() -> None:
     assert torch.equal(during, expected), "a plain forward returned wrong logits during a resume"
 
 
-@pytest.mark.xfail(strict=True, reason=BUG)
 def test_two_threads_resume_the_same_model_at_once() -> None:
     model, inputs = _llama()
     with torch.no_grad():

@@ -6,9 +6,12 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
-from datasets import Dataset
-from sae_lens import (
+
+pytest.importorskip("sae_lens")  # sae_lens 6 needs TransformerLens 3
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from sae_lens import (  # noqa: E402
     LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
     LoggingConfig,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from battery import torch_hook_count
 from hf_models import ARCHS
+from plain_models import Residual
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
@@ -112,17 +113,6 @@ def test_banked_sites_come_back_in_firing_order_and_survive_a_round_trip(tmp_pat
         and loaded.fingerprint == early.fingerprint
     )
     assert all(torch.equal(loaded.activations[k], v) for k, v in early.activations.items())
-
-
-class Residual(nn.Module):
-    """A block that returns the running value (input plus its update), as HF layers do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.tanh(self.lin(x))
 
 
 class Blocks(nn.Module):

@@ -5,6 +5,7 @@ from auto_hookpoint.adapter.architectures import (
     ARCHITECTURES,
     ArchitectureError,
     ArchitectureMapping,
+    BlockParts,
 )
 from auto_hookpoint.adapter.legacy import (
     HookedTransformerAdapterCfg,
@@ -15,6 +16,7 @@ __all__ = [
     "ARCHITECTURES",
     "ArchitectureError",
     "ArchitectureMapping",
+    "BlockParts",
     "HookedTransformerAdapter",
     "HookedTransformerAdapterCfg",
     "HookedTransformerConfig_From_AutoConfig",

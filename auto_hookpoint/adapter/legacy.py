@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from transformer_lens import HookedTransformerConfig
-
 from auto_hookpoint.adapter.architectures import ArchitectureError, ArchitectureMapping
+from auto_hookpoint.adapter.tl_compat import TLConfig
 
 _LEGACY_KEYS = {"embed", "blocks", "ln_final", "unembed", "pos_embed"}
 
@@ -27,7 +26,7 @@ _LEGACY_KEYS = {"embed", "blocks", "ln_final", "unembed", "pos_embed"}
 class HookedTransformerAdapterCfg:
     mappings: dict[str, str | None]
     inter_block_fn: Callable[[Any], Any] | None = None
-    create_kwargs: Callable[[HookedTransformerConfig, Any], dict[str, Any]] | None = None
+    create_kwargs: Callable[[Any, Any], dict[str, Any]] | None = None
     preprocess: Callable[[Any], Any] | None = None
 
     def to_mapping(self) -> ArchitectureMapping:
@@ -49,11 +48,20 @@ class HookedTransformerAdapterCfg:
         )
 
 
-class HookedTransformerConfig_From_AutoConfig(HookedTransformerConfig):  # noqa: N801
-    """HookedTransformerConfig built from a HuggingFace config (the original helper)."""
+class HookedTransformerConfig_From_AutoConfig(TLConfig):  # type: ignore[misc, valid-type]  # noqa: N801
+    """A TransformerLens config built from a HuggingFace config (the original helper):
+    a HookedTransformerConfig under TransformerLens 3, a TransformerBridgeConfig under 4."""
 
     @classmethod
-    def from_auto_config(cls, auto_config: Any, **kwargs: Any) -> HookedTransformerConfig:
+    def from_auto_config(cls, auto_config: Any, **kwargs: Any) -> Any:
+        needed = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size")
+        missing = [name for name in needed if not hasattr(auto_config, name)]
+        if missing:
+            raise TypeError(
+                "from_auto_config takes a transformers config (model.config, or "
+                f"AutoConfig.from_pretrained(folder)); this {type(auto_config).__name__} "
+                f"has no {', '.join(missing)}"
+            )
         n_heads = auto_config.num_attention_heads
         values = {
             "n_layers": auto_config.num_hidden_layers,
@@ -66,4 +74,4 @@ class HookedTransformerConfig_From_AutoConfig(HookedTransformerConfig):  # noqa:
             "d_mlp": getattr(auto_config, "intermediate_size", None) or 4 * auto_config.hidden_size,
         }
         values.update(kwargs)
-        return HookedTransformerConfig(**values)
+        return TLConfig(**values)

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
-from auto_hookpoint.check.checks import CHECK_NAMES, all_checks, make_baseline
+from auto_hookpoint.check.checks import CHECK_NAMES, ModelRaises, all_checks, make_baseline
 from auto_hookpoint.check.report import (
     AutoHookCheckError,
     AutoHookReport,
@@ -57,12 +58,23 @@ def check_auto_hook(
     :class:`AutoHookCheckError` (an AssertionError whose message is the report) if any
     check failed.
     """
+    check_arguments(model, input_kwargs, init_kwargs, input_args, edit_sample, loss_fn)
     subject = make_subject(
         model, tuple(input_args), input_kwargs or {}, init_kwargs or {}, seed, loss_fn
     )
     results: list[CheckResult] = []
     try:
         baseline = make_baseline(subject)
+    except ModelRaises as error:
+        why = _describe(error.__cause__)  # type: ignore[arg-type]
+        results.append(
+            CheckResult(
+                "runs",
+                Status.FAIL,
+                f"the un-hooked model raises on these inputs, so nothing can be checked; "
+                f"fix the inputs (input_args=, input_kwargs=): {why}",
+            )  # fmt: skip
+        )
     except Exception as error:
         results.append(
             CheckResult(
@@ -79,6 +91,46 @@ def check_auto_hook(
     if strict and not report.ok:
         raise AutoHookCheckError(report)
     return report
+
+
+def check_arguments(
+    model: Any,
+    input_kwargs: Any = None,
+    init_kwargs: Any = None,
+    input_args: Any = (),
+    edit_sample: Any = 8,
+    loss_fn: Any = None,
+    **options: Any,
+) -> None:
+    """A TypeError or ValueError naming the argument and what it takes."""
+    unknown = set(options) - {"strict", "seed"}
+    if unknown:
+        raise TypeError(
+            f"check_auto_hook has no option {sorted(unknown)[0]!r}; its options are input_args, "
+            "strict, loss_fn, edit_sample and seed"
+        )
+    if not isinstance(model, nn.Module) and not (
+        isinstance(model, type) and issubclass(model, nn.Module)
+    ):
+        raise TypeError(
+            f"check_auto_hook takes an nn.Module class or instance, not {type(model).__name__}"
+        )
+    for name, value in (("input_kwargs", input_kwargs), ("init_kwargs", init_kwargs)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(
+                f"{name} is a dict of keyword arguments, e.g. {{'x': x}}; "
+                f"got {type(value).__name__}"
+            )
+    if not isinstance(input_args, (tuple, list)):
+        raise TypeError(
+            "input_args is a tuple or list of positional inputs, e.g. input_args=(x,); got "
+            f"a {type(input_args).__name__}"
+        )
+    if isinstance(edit_sample, bool) or not isinstance(edit_sample, int) or edit_sample < 1:
+        raise ValueError(f"edit_sample (sites to edit) is a whole number >= 1, not {edit_sample!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        what = type(loss_fn).__name__
+        raise TypeError(f"loss_fn is a function of the model's output, not a {what}")
 
 
 def _describe(error: Exception) -> str:

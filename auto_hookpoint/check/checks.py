@@ -4,19 +4,22 @@ CheckResult; an exception inside a check is reported as that check's failure."""
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformer_lens.HookedRootModule import HookedRootModule
 
+from auto_hookpoint.check.compare import first_difference, outputs_equal
 from auto_hookpoint.check.report import CheckResult, Status
-from auto_hookpoint.check.subject import Subject, Witness, tensors_in
+from auto_hookpoint.check.subject import Subject, Witness
 from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
-from auto_hookpoint.hooked import auto_hook
+from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
 from auto_hookpoint.site_report import SiteRecord, SiteStatus, describe_sites
 
 
@@ -26,11 +29,14 @@ class Baseline:
     deterministic: bool  # a second un-hooked run gave the same output
     witness: Witness
     records: dict[str, SiteRecord]  # from describe_sites on a hooked copy
-    # By autograd: sites whose tensor, as passed on downstream, the loss depends on,
-    # and sites whose tensor requires grad yet the loss does not depend on. Sites whose
-    # tensor needs no grad (rotary tables, masks) are in neither: autograd cannot tell.
-    reaching: set[str]
-    unreached: set[str]
+    # By autograd (see _reach): sites whose tensor, as passed on downstream, the loss
+    # depends on; of those, the ones whose gradient is not all zero (a zero-initialised
+    # gate makes a site reach the loss with no effect on it yet); the sites the loss
+    # does not depend on. Every site is in none of them when no loss can be formed
+    # (an output without float tensors): then autograd cannot tell.
+    reaching: set[str] = field(default_factory=set)
+    sensitive: set[str] = field(default_factory=set)
+    unreached: set[str] = field(default_factory=set)
 
     def fired(self) -> dict[str, SiteRecord]:
         return {n: r for n, r in self.records.items() if r.status is SiteStatus.FIRED}
@@ -41,8 +47,15 @@ class Baseline:
         ]
 
 
+class ModelRaises(Exception):
+    """The un-hooked model itself raises on the given inputs: nothing can be checked."""
+
+
 def make_baseline(subject: Subject) -> Baseline:
-    expected = subject.run(subject.plain())
+    try:
+        expected = subject.run(subject.plain())
+    except Exception as error:
+        raise ModelRaises(error) from error
     again = subject.run(subject.plain())
     hooked = subject.hooked()
     with torch.random.fork_rng(devices=[]):
@@ -53,42 +66,46 @@ def make_baseline(subject: Subject) -> Baseline:
         outputs_equal(expected, again),
         subject.witness(),
         {r.name: r for r in records},
-        set(),
-        set(),
     )
-    base.reaching, base.unreached = _reach(subject, base)
+    _reach(subject, base)
     return base
 
 
-def _reach(subject: Subject, base: Baseline) -> tuple[set[str], set[str]]:
+def _reach(subject: Subject, base: Baseline) -> None:
     """Autograd's answer to "does the loss depend on what this site passes on?".
 
     Each site's tensor is re-emitted as a fresh autograd node (``t * 1``) so that only
     uses *after* the site count: an MoE router whose logits were already turned into
-    routing weights inside the module, and are then only returned, does not reach.
+    routing weights inside the module, and are then only returned, does not reach. A
+    tensor that needs no grad (frozen parameters, a rotary table, a mask) is re-emitted
+    from a fresh leaf that does, so that the question has an answer for it too.
     """
     model = subject.hooked()
     keep = _Keep()
-    names = base.float_sites()
-    with model.hooks(fwd_hooks=[(lambda n: n in set(names), lambda t, hook: t * 1)]):
+    names = set(base.float_sites())
+
+    def re_emit(tensor: torch.Tensor, hook: Any) -> torch.Tensor:
+        if tensor.requires_grad:
+            return tensor * 1
+        return tensor.detach().requires_grad_() * 1
+
+    with HookedModule.hooks(model, fwd_hooks=[(lambda n: n in names, re_emit)]):
         with core_of(model).observing(keep, names):
             output = subject.run(model, grad=True)
-    if not keep.tensors:
-        return set(), set()
+    loss = subject.loss(output)
+    if loss is None or not keep.tensors:
+        return
     kept = list(keep.tensors)
-    grads = torch.autograd.grad(
-        subject.loss(output), [keep.tensors[n] for n in kept], allow_unused=True
-    )
-    reaching = {n for n, g in zip(kept, grads, strict=True) if g is not None}
-    return reaching, set(kept) - reaching
+    grads = torch.autograd.grad(loss, [keep.tensors[n] for n in kept], allow_unused=True)
+    base.reaching = {n for n, g in zip(kept, grads, strict=True) if g is not None}
+    base.unreached = set(kept) - base.reaching
+    base.sensitive = {n for n, g in zip(kept, grads, strict=True) if g is not None and g.any()}
 
 
-def outputs_equal(a: Any, b: Any) -> bool:
-    want, have = tensors_in(a), tensors_in(b)
-    return len(want) == len(have) and all(
-        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
-        for x, y in zip(want, have, strict=True)
-    )
+def _method(model: Any, name: str) -> Callable[..., Any]:
+    """auto_hookpoint's own ``name`` bound to ``model``, whatever the model's class
+    defines under that name (a Lightning module has its own ``setup``, ...)."""
+    return functools.partial(getattr(HookedModule, name), model)
 
 
 def _result(name: str, failures: dict[str, Any], notes: dict[str, Any], ok: str) -> CheckResult:
@@ -117,10 +134,11 @@ def output_identical(subject: Subject, base: Baseline) -> CheckResult:
             "so nothing can be compared; make the forward repeatable (eval(), no state "
             "that the forward itself changes)",
         )
-    if outputs_equal(base.expected, subject.run(subject.hooked())):
+    difference = first_difference(base.expected, subject.run(subject.hooked()))
+    if difference is None:
         return CheckResult(name, Status.PASS, "bit-identical to the un-hooked model")
     return CheckResult(
-        name, Status.FAIL, "the hooked model's output differs from the un-hooked one"
+        name, Status.FAIL, f"the hooked model's output differs from the un-hooked one: {difference}"
     )
 
 
@@ -128,16 +146,17 @@ def identity_hooks_identical(subject: Subject, base: Baseline) -> CheckResult:
     """A hook returning a copy of its tensor on every site exercises the replace path."""
     model = subject.hooked()
     out = subject.call(
-        model.run_with_hooks, fwd_hooks=[(lambda n: True, lambda t, hook: t.clone())]
+        _method(model, "run_with_hooks"), fwd_hooks=[(lambda n: True, lambda t, hook: t.clone())]
     )
-    if outputs_equal(base.expected, out):
+    difference = first_difference(base.expected, out)
+    if difference is None:
         return CheckResult(
             "identity_hooks_identical", Status.PASS,
             f"a copying hook on all {len(model.hook_dict)} sites leaves the output bit-identical",
         )  # fmt: skip
     return CheckResult(
         "identity_hooks_identical", Status.FAIL,
-        "replacing every site's tensor by an equal copy changed the output",
+        f"replacing every site's tensor by an equal copy changed the output: {difference}",
     )  # fmt: skip
 
 
@@ -161,7 +180,7 @@ def sites_fire(subject: Subject, base: Baseline) -> CheckResult:
 
 def cache_complete(subject: Subject, base: Baseline) -> CheckResult:
     fired = base.fired()
-    _, cache = subject.call(subject.hooked().run_with_cache)
+    _, cache = subject.call(_method(subject.hooked(), "run_with_cache"))
     failures: dict[str, str] = {}
     for name, record in fired.items():
         if name not in cache:
@@ -192,13 +211,25 @@ def edits_change_output(subject: Subject, base: Baseline, sample: int) -> CheckR
         noise = torch.randn(t.shape, generator=generator, dtype=torch.float32)
         return t + noise.to(t.device, t.dtype) * (t.detach().abs().mean() + 1)
 
-    failures = {
-        name: "adding noise here left the output unchanged"
+    run_with_hooks = _method(model, "run_with_hooks")
+    unchanged = [
+        name
         for name in chosen
-        if outputs_equal(
-            base.expected, subject.call(model.run_with_hooks, fwd_hooks=[(name, perturb)])
-        )
+        if outputs_equal(base.expected, subject.call(run_with_hooks, fwd_hooks=[(name, perturb)]))
+    ]
+    # Only where autograd shows that the output depends on the site is an edit without
+    # effect a failure (its hook's result was not used); elsewhere it is worth a note.
+    failures = {
+        name: "adding noise here left the output unchanged, although the loss depends on it"
+        for name in unchanged
+        if name in base.sensitive
     }
+    for name in unchanged:
+        if name not in base.sensitive:
+            notes[name] = (
+                "adding noise here left the output unchanged; autograd cannot tell whether "
+                "it should (its tensor needs no grad, or its gradient is zero)"
+            )
     return _result(
         "edits_change_output",
         failures,
@@ -217,15 +248,23 @@ class _Keep(Observer):
 
 
 def backward_hooks_fire(subject: Subject, base: Baseline) -> CheckResult:
-    """Sites whose tensor the loss depends on (by autograd) must see a gradient."""
-    in_loss = base.reaching
-    if not in_loss:
-        return CheckResult("backward_hooks_fire", Status.SKIP, "no site's tensor requires grad")
+    """Sites whose tensor requires grad and that the loss depends on (by autograd) must
+    see a gradient."""
     model = subject.hooked()
     seen: set[str] = set()
+    with_grad = _Keep()  # the sites whose tensor requires grad in the model as it is
     record: Callable[[torch.Tensor, Any], None] = lambda g, hook: seen.add(hook.name)  # noqa: E731
-    with model.hooks(bwd_hooks=[(lambda n: n in in_loss, record)]):
-        subject.loss(subject.run(model, grad=True)).backward()
+    with HookedModule.hooks(model, bwd_hooks=[(lambda n: n in base.reaching, record)]):
+        with core_of(model).observing(with_grad, base.reaching):
+            loss = subject.loss(subject.run(model, grad=True))
+        in_loss = base.reaching & set(with_grad.tensors)
+        if loss is None or not in_loss:
+            return CheckResult(
+                "backward_hooks_fire", Status.SKIP,
+                "no site's tensor both requires grad and reaches the loss (frozen parameters, "
+                "or an output without float tensors; pass loss_fn= to choose the loss)",
+            )  # fmt: skip
+        loss.backward()
     failures = {
         n: "takes part in the loss but its backward hook never fired" for n in in_loss - seen
     }
@@ -241,10 +280,10 @@ def unwrap_restores(subject: Subject, base: Baseline) -> CheckResult:
     plain = subject.plain()
     model = subject.hooked()
     first = next(iter(base.fired()), "hook_point")
-    model.add_perma_hook(first, lambda t, hook: t)
-    model.add_hook(first, lambda t, hook: t, dir="bwd")
-    subject.call(model.run_with_cache)
-    restored = model.unwrap()
+    HookedRootModule.add_perma_hook(model, first, lambda t, hook: t)
+    HookedRootModule.add_hook(model, first, lambda t, hook: t, dir="bwd")
+    subject.call(_method(model, "run_with_cache"))
+    restored = unwrap(model)
     failures: dict[str, str] = {}
     if type(restored) is not type(plain):
         failures["class"] = f"{type(restored).__qualname__} is not the original class"
@@ -267,8 +306,10 @@ def unwrap_restores(subject: Subject, base: Baseline) -> CheckResult:
     # The plain copy gets the same history (one forward) so that state a forward
     # changes (counters, running statistics) is compared like for like.
     subject.run(plain)
-    if base.deterministic and not outputs_equal(subject.run(plain), subject.run(restored)):
-        failures["output"] = "the unwrapped model's output differs"
+    if base.deterministic:
+        difference = first_difference(subject.run(plain), subject.run(restored))
+        if difference is not None:
+            failures["output"] = f"the unwrapped model's output differs: {difference}"
     return _result(
         "unwrap_restores", failures, {}, "original class, no hooks, same names and output"
     )
@@ -281,7 +322,10 @@ def to_dtype(subject: Subject, base: Baseline) -> CheckResult:
     wide.args = tuple(convert(a) for a in subject.args)
     wide.kwargs = {k: convert(v) for k, v in subject.kwargs.items()}
     try:
-        plain_out = wide.run(subject.plain().to(dtype))
+        # What the un-hooked model computes in float64, and the dtype each of its
+        # modules really produced: a model may compute some things in another dtype on
+        # purpose (transformers computes the loss in float32).
+        plain = wide.witness(subject.plain().to(dtype))
     except Exception as error:  # the model itself does not run in float64
         return CheckResult(
             "to_dtype", Status.SKIP, f"the un-hooked model fails in float64: {error}"
@@ -290,12 +334,21 @@ def to_dtype(subject: Subject, base: Baseline) -> CheckResult:
     failures: dict[str, str] = {}
     if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
         failures["parameters"] = "not all floating parameters converted"
-    out, cache = wide.call(model.run_with_cache)
-    if not outputs_equal(plain_out, out):
-        failures["output"] = "hooked float64 output differs from the un-hooked float64 output"
-    wrong = [n for n, t in cache.items() if t.is_floating_point() and t.dtype != dtype]
+    out, cache = wide.call(_method(model, "run_with_cache"))
+    difference = first_difference(plain.output, out)
+    if difference is not None:
+        failures["output"] = f"hooked float64 output differs from the un-hooked one: {difference}"
+    wrong = []
+    for name, tensor in cache.items():
+        record = base.records.get(name)
+        if record is None or record.kind == "parameter":
+            want = {dtype} if tensor.is_floating_point() else {tensor.dtype}
+        else:
+            want = plain.dtypes.get(record.module_path, {tensor.dtype})
+        if tensor.dtype not in want:
+            wrong.append(f"{name} ({tensor.dtype}, the module produced {sorted(map(str, want))})")
     if wrong:
-        failures["cache"] = f"cached in another dtype: {wrong[:3]}"
+        failures["cache"] = f"cached in another dtype than the module produced: {wrong[:3]}"
     return _result(
         "to_dtype", failures, {}, ".to(float64) converts the model; hooks and cache still work"
     )
@@ -305,18 +358,25 @@ def deepcopy_independent(subject: Subject, base: Baseline) -> CheckResult:
     model = subject.hooked()
     clone = copy.deepcopy(model)
     failures: dict[str, str] = {}
-    if base.deterministic and not outputs_equal(base.expected, subject.run(clone)):
-        failures["output"] = "the copy's output differs"
-    fired: list[str] = []
-    site = next(iter(base.fired()), "hook_point")
-    clone.add_hook(site, lambda t, hook: fired.append("copy"))
-    subject.run(model)
-    if fired:
-        failures["independence"] = "a hook added to the copy fired on the original"
-    subject.run(clone)
-    if not fired:
-        failures["hooks"] = f"a hook on the copy's {site!r} did not fire"
-    return _result("deepcopy", failures, {}, "the copy computes the same and has hooks of its own")
+    difference = first_difference(base.expected, subject.run(clone))
+    if base.deterministic and difference is not None:
+        failures["output"] = f"the copy's output differs: {difference}"
+    notes: dict[str, str] = {}
+    site = next(iter(base.fired()), None)
+    if site is None:
+        notes["hooks"] = "no site fires on these inputs, so no hook on the copy can be tried"
+    else:
+        fired: list[str] = []
+        HookedRootModule.add_hook(clone, site, lambda t, hook: fired.append("copy"))
+        subject.run(model)
+        if fired:
+            failures["independence"] = "a hook added to the copy fired on the original"
+        subject.run(clone)
+        if not fired:
+            failures["hooks"] = f"a hook on the copy's {site!r} did not fire"
+    return _result(
+        "deepcopy", failures, notes, "the copy computes the same and has hooks of its own"
+    )
 
 
 def class_and_instance_agree(subject: Subject, base: Baseline) -> CheckResult:
@@ -335,8 +395,12 @@ def class_and_instance_agree(subject: Subject, base: Baseline) -> CheckResult:
     failures: dict[str, str] = {}
     if list(from_class.hook_dict) != list(from_instance.hook_dict):
         failures["sites"] = "@auto_hook and auto_hook(instance) give different sites"
-    elif not outputs_equal(subject.run(from_class), subject.run(from_instance)):
-        failures["output"] = "@auto_hook and auto_hook(instance) compute different outputs"
+    else:
+        difference = first_difference(subject.run(from_class), subject.run(from_instance))
+        if difference is not None:
+            failures["output"] = (
+                f"@auto_hook and auto_hook(instance) compute different outputs: {difference}"
+            )
     return _result(
         name, failures, {}, "@auto_hook and auto_hook(instance) agree on sites and output"
     )

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
 from auto_hookpoint.core.sites import Site, SiteKind
-from auto_hookpoint.core.structure import find_primary, tensors_with_paths
-from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap
+from auto_hookpoint.core.structure import find_primary, get_at, tensors_with_paths
+from auto_hookpoint.hooked import HookedModule, auto_hook, original_class, unwrap
 
 
 @dataclass
@@ -23,6 +23,9 @@ class Witness:
 
     calls: dict[str, int] = field(default_factory=dict)  # module path -> calls
     tensor_output: dict[str, bool] = field(default_factory=dict)  # module path -> any tensor
+    # module path -> the dtypes of its primary tensor, over its calls
+    dtypes: dict[str, set[torch.dtype]] = field(default_factory=dict)
+    output: Any = None  # what the forward returned
 
 
 @dataclass
@@ -56,16 +59,21 @@ class Subject:
             torch.manual_seed(self.seed)
             return fn(*self.args, **self.kwargs, **extra)
 
-    def loss(self, output: Any) -> torch.Tensor:
+    def loss(self, output: Any) -> torch.Tensor | None:
+        """``loss_fn(output)``; by default the mean square of the output's floating
+        tensors that require grad, or None when there is none (a frozen model, an
+        integer output): then nothing can be asked of autograd."""
         if self.loss_fn is not None:
             return self.loss_fn(output)
         floats = [t for t in tensors_in(output) if t.is_floating_point() and t.requires_grad]
         if not floats:
-            raise ValueError("the output holds no tensor that requires grad; pass loss_fn=")
+            return None
         return sum(t.float().pow(2).mean() for t in floats)  # type: ignore[return-value]
 
-    def witness(self) -> Witness:
-        model = self.plain()
+    def witness(self, model: nn.Module | None = None) -> Witness:
+        """Run ``model`` (by default a fresh un-hooked copy) once under a global torch
+        hook and record what each of its modules did."""
+        model = self.plain() if model is None else model
         paths = {id(m): p for p, m in model.named_modules()}
         seen = Witness()
 
@@ -73,12 +81,16 @@ class Subject:
             path = paths.get(id(module))
             if path is not None:
                 seen.calls[path] = seen.calls.get(path, 0) + 1
-                has = find_primary(output) is not None
-                seen.tensor_output[path] = seen.tensor_output.get(path, False) or has
+                primary = find_primary(output)
+                seen.tensor_output[path] = seen.tensor_output.get(path, False) or (
+                    primary is not None
+                )
+                if primary is not None:
+                    seen.dtypes.setdefault(path, set()).add(get_at(output, primary).dtype)
 
         handle = register_module_forward_hook(record)
         try:
-            self.run(model)
+            seen.output = self.run(model)
         finally:
             handle.remove()
         return seen
@@ -95,7 +107,7 @@ def make_subject(
     if isinstance(target, type):
         if not issubclass(target, nn.Module):
             raise TypeError(f"check_auto_hook takes an nn.Module class or instance, not {target!r}")
-        original = target.unwrap() if issubclass(target, HookedModule) else target
+        original = original_class(target)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             template = original(**init_kwargs)

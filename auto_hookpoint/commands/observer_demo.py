@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from auto_hookpoint.demo import load_causal_lm
+from auto_hookpoint.commands import CommandError, load_causal_lm
 
 
 def _inputs(tokenizer: Any, text: str) -> dict[str, torch.Tensor]:
@@ -49,7 +50,7 @@ def run_nonfinite(model_dir: Path | None, text: str, poison: str | None) -> None
     model, tokenizer, label = load_causal_lm(model_dir)
     if poison:
         with torch.no_grad():
-            model.get_submodule(poison).weight[0, 0] = float("nan")
+            _weight_of(model, poison)[0, 0] = float("nan")
         print(f"{label}: set one weight of {poison!r} to NaN")
     with find_nonfinite(model) as found:
         output = model(**_inputs(tokenizer, text), labels=_inputs(tokenizer, text)["input_ids"])
@@ -58,3 +59,18 @@ def run_nonfinite(model_dir: Path | None, text: str, poison: str | None) -> None
         print(f"{label}: no NaN or Inf, forward or backward")
     for finding in found.findings[:2]:
         print(f"first {finding.direction} producer: {finding}")
+
+
+def _weight_of(model: Any, path: str) -> torch.Tensor:
+    """The ``weight`` parameter of the module at ``path``, or a CommandError naming the
+    closest module paths that have one."""
+    with_weight = [
+        p for p, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+    ]
+    if path not in with_weight:
+        close = difflib.get_close_matches(path, with_weight, n=3, cutoff=0.5) or with_weight[:3]
+        raise CommandError(
+            f"--poison {path!r}: the model has no module of that path with a weight; "
+            f"give the path of one that has, such as {', '.join(map(repr, close))}"
+        )
+    return model.get_submodule(path).weight  # type: ignore[no-any-return]

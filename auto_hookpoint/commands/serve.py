@@ -21,7 +21,15 @@ def serve(
     server = SplitServer(
         model, host, port, max_request_bytes=int(max_request_mb * 2**20), log_level="info"
     )
-    server.bind()
+    try:
+        server.bind()
+    except OSError as error:
+        from auto_hookpoint.commands import CommandError, first_line
+
+        raise CommandError(
+            f"cannot listen on {host}:{port} ({first_line(error)}): give an address of this "
+            "machine and a free port (--port 0 picks one)"
+        ) from error
     info = server.executor.info()
     print(f"auto-hookpoint: serving {label} (fingerprint {info['fingerprint']}, "
           f"{len(info['split_sites'])} split sites) at {server.url}", flush=True)  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from auto_hookpoint.demo import load_causal_lm
+from auto_hookpoint.commands import CommandError, load_causal_lm
 
 
 def split_and_finish_elsewhere(
@@ -27,7 +27,10 @@ def split_and_finish_elsewhere(
 
     model, tokenizer, label = load_causal_lm(model_dir)
     inputs = dict(tokenizer(text, return_tensors="pt"))
-    site = block_site(model, layer)
+    try:
+        site = block_site(model, layer)
+    except IndexError as error:
+        raise CommandError(f"--layer {layer}: {error}; pick a block from 0 on") from error
     workdir = workdir or Path(tempfile.mkdtemp(prefix="auto_hookpoint_split_"))
     early_file, logits_file = workdir / "early.safetensors", workdir / "logits.safetensors"
     with torch.no_grad():

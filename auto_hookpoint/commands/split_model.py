@@ -15,9 +15,13 @@ def load_for_split(model_dir: Path | None) -> tuple[Any, str]:
         from auto_hookpoint.hooked import auto_hook
 
         return auto_hook(demo_model()), "the demo LlamaForCausalLM"
+    from auto_hookpoint.commands import CommandError, not_loadable
     from auto_hookpoint.remote.loading import load_model_dir
 
-    model = load_model_dir(model_dir)
+    try:
+        model = load_model_dir(model_dir)
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(not_loadable(model_dir, error, causal=False)) from error
     return model, f"{type(model).__name__} from {model_dir}"
 
 

@@ -13,9 +13,11 @@ the site fires: a later in-place op in the forward (``out += identity``,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import torch
+from transformer_lens import utilities as tl_utilities
 from transformer_lens.utilities import Slice
 
 from auto_hookpoint.core.observers import Observer
@@ -27,6 +29,26 @@ from auto_hookpoint.errors import UnknownHookNameError
 _HEAD_SUFFIXES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 
 NamesFilter = Callable[[str], bool] | Sequence[str] | str | None
+
+# remove_batch_dim as the installed TransformerLens does it: 3.x takes [0] of every
+# activation; 4.x drops a leading dimension only where it is 1, and refuses a batch.
+_TL_MAJOR = int(version("transformer_lens").split(".")[0])
+
+
+def drop_batch_dim(tensor: torch.Tensor) -> torch.Tensor:
+    if _TL_MAJOR >= 4:
+        return tl_utilities.remove_batch_dim(tensor)  # type: ignore[no-any-return]
+    return tensor[0]
+
+
+def check_batch_removable(model_args: Sequence[Any], remove_batch_dim: bool) -> None:
+    """TransformerLens 4's check: remove_batch_dim only with a batch of one."""
+    if _TL_MAJOR >= 4 and remove_batch_dim and model_args:
+        first = model_args[0]
+        if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] != 1:
+            raise AssertionError(
+                f"Cannot remove batch dimension from cache with batch size {first.shape[0]}"
+            )
 
 
 def resolve_names_filter(
@@ -55,6 +77,8 @@ def resolve_names_filter(
 
 
 class CacheObserver(Observer):
+    traced = True
+
     def __init__(
         self,
         device: torch.device | str | None = None,
@@ -64,13 +88,13 @@ class CacheObserver(Observer):
         self.cache: dict[str, torch.Tensor] = {}
         self.device = device
         self.remove_batch_dim = remove_batch_dim
-        unwrapped = Slice.unwrap(pos_slice)
-        self.pos_slice = None if unwrapped.slice is None else unwrapped
+        unwrapped = None if pos_slice is None else Slice.unwrap(pos_slice)
+        self.pos_slice = None if unwrapped is None or unwrapped.slice is None else unwrapped
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         stored = tensor.detach()
         if self.remove_batch_dim:
-            stored = stored[0]
+            stored = drop_batch_dim(stored)
         if self.pos_slice is not None:
             pos_dim = -3 if site.name.endswith(_HEAD_SUFFIXES) else -2
             if stored.dim() >= -pos_dim:

@@ -3,35 +3,45 @@
 Per module it keeps at most one torch hook of each kind:
 
 * a forward hook that fires the module's OUTPUT sites (its own, then any aliases);
-* a forward pre-hook that fires its INPUT sites and, for PARAMETER sites, shows each
-  parameter to its HookPoint and lends the module whatever the hook returns for the
-  duration of the call;
-* an always-called forward hook that gives the module its real parameters back, also
-  when the forward raises.
+* a forward pre-hook that fires its INPUT sites (and tells observers the module is entered);
+* for PARAMETER sites, what :class:`~auto_hookpoint.core.lending.ParameterLending` places
+  to show each parameter to its HookPoint and lend the module what the hook returns, for
+  the call (on a module dispatched by accelerate, inside accelerate's own forward).
 
 A module carries these only while one of its sites is *active*: its HookPoint holds a
 hook, or an observer is watching it. Activity changes are counted and applied under a
-lock, so with nothing active the model runs torch's own hook-free fast path.
+lock, so with nothing active the model runs torch's own hook-free fast path. A module
+muted in the current context (a block that ``resume_from`` skips) fires none of its sites.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from auto_hookpoint.core import structure_watch
-from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, wants_enter
-from auto_hookpoint.core.params_back import ParamsBack
+from auto_hookpoint.core import compile_guards, structure_watch
+from auto_hookpoint.core.context import active_observers
+from auto_hookpoint.core.lending import ParameterLending
+from auto_hookpoint.core.muting import is_muted
+from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
-from auto_hookpoint.core.sites import Site, SiteKind, discover_sites, has_output_site, site_name
+from auto_hookpoint.core.sites import (
+    Site,
+    SiteKind,
+    SiteView,
+    discover_sites,
+    has_output_site,
+    site_name,
+)
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
-from auto_hookpoint.errors import StructureChangedError
+from auto_hookpoint.errors import ReadOnlySiteError, StructureChangedError
 
 
 class _ModuleHooks:
@@ -44,16 +54,12 @@ class _ModuleHooks:
         self.output_sites: list[Site] = []
         self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
-        self.param_sites: list[Site] = []
+        self.lending = ParameterLending(self, module)
+        self.param_sites = self.lending.sites
         self.observer_counts: dict[str, int] = {}
         self.enter_watchers = 0  # observers of its output sites that want on_enter
         self.output_handle: RemovableHandle | None = None
         self.pre_handle: RemovableHandle | None = None
-        self.return_handle: RemovableHandle | None = None
-        # Real parameters stashed while the module runs with hooked ones; a stack,
-        # because a module may be called again from inside its own forward.
-        self.lent: list[dict[str, Any]] = []
-        self.params_back: ParamsBack | None = None  # its forward, while it lends
 
     def add(self, site: Site) -> None:
         if site.kind is SiteKind.PARAMETER:
@@ -70,9 +76,22 @@ class _ModuleHooks:
         held = isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks()
         return held or self.observer_counts.get(site.name, 0) > 0
 
+    def any_active(self, sites: list[Site]) -> bool:
+        for site in sites:  # a loop, not any(generator): this runs on every activity change
+            if self.is_active(site):
+                return True
+        return False
+
     # Torch hooks are bound methods (not closures) so that copy.deepcopy of a model
     # with active hooks gives a copy whose hooks point at the copy's own sites.
-    def fire_output(self, _module: nn.Module, _args: Any, output: Any) -> Any:
+    def fire_output(self, module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        if torch.compiler.is_dynamo_compiling():
+            if isinstance(output, StopForward):  # a compiled forward that ended early
+                return None
+            if self._watched_by_untraced():
+                return _eagerly(self.fire_output, module, _args, output)
+        if is_muted(module):
+            return None
         # Which observers watch each output site, asked once per call.
         watching = self._watching(self.output_sites)
         path = find_primary(output)
@@ -83,7 +102,7 @@ class _ModuleHooks:
             replaced = None
         else:
             tensor = get_at(output, path)
-            fired = self._fire(watching, tensor, path)
+            fired = self._fire(watching, tensor, path, _args)
             replaced = None if fired is tensor else replace_at(output, path, fired)
         final = output if replaced is None else replaced
         for site in self.leaf_sites:
@@ -103,8 +122,12 @@ class _ModuleHooks:
         return replaced
 
     def before_forward(
-        self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if torch.compiler.is_dynamo_compiling() and self._watched_by_untraced():
+            return _eagerly(self.before_forward, module, args, kwargs)  # type: ignore[no-any-return]
+        if is_muted(module):
+            return None
         replaced = None
         if self.enter_watchers:
             for site, observers in self._watching(self.output_sites):
@@ -118,16 +141,39 @@ class _ModuleHooks:
                 fired = self._fire(self._watching(self.input_sites), tensor, path[1:])
                 if fired is not tensor:
                     replaced = replace_at(inputs, path, fired)
-        if self.param_sites:
-            self._lend_params()
         return replaced
 
-    def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
-        return [(site, self.core.observers_of(site)) for site in sites]
+    def _watched_by_untraced(self) -> bool:
+        """Whether an observer that is not ``traced`` watches a site of this module in this
+        call. A call of the hooked model runs eagerly while one watches it, so compiled code
+        meets one only in a part compiled on its own (a compiled ``model.forward``, a
+        compiled submodule): there the dispatch runs eagerly, a graph break."""
+        if not self.observer_counts:  # no observer anywhere: the context need not be asked
+            return False
+        return any(
+            core is self.core
+            and not observer.traced
+            and any(name in names for name in self.observer_counts)
+            for core, observer, names in active_observers()
+        )
 
-    def _fire(self, watching: list[tuple[Site, list[Observer]]], tensor: Any, path: Path) -> Any:
+    def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
+        # A site no observer watches, in any context, needs no look at the context.
+        counts, core = self.observer_counts, self.core
+        return [(site, core.observers_of(site) if site.name in counts else []) for site in sites]
+
+    def _fire(
+        self,
+        watching: list[tuple[Site, list[Observer]]],
+        tensor: Any,
+        path: Path,
+        module_args: tuple[Any, ...] = (),
+    ) -> Any:
         """Pass ``tensor`` through each site's HookPoint in turn, then its observers."""
         for site, observers in watching:
+            if site.view is not None:
+                tensor = _fire_view(site, observers, tensor, path, module_args)
+                continue
             hook_point = site.hook_point
             # A model's own HookPoint ran its hooks itself; only ours are called here.
             if isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks():
@@ -136,33 +182,102 @@ class _ModuleHooks:
                 observer.on_output(site, tensor, path)
         return tensor
 
-    def _lend_params(self) -> None:
-        parameters = self.module._parameters
-        real: dict[str, Any] = {}
-        for site in self.param_sites:
-            name = site.param_name
-            assert name is not None
-            param = parameters[name]
-            if param is None:
-                continue
-            # In a call nested in another call of this module (re-entrant), _parameters
-            # holds what the outer call was lent: the hook still sees the real parameter.
-            real_param = next((entry[name] for entry in self.lent if name in entry), param)
-            shown = self._fire(self._watching([site]), real_param, ())
-            if shown is not param:
-                real[name] = param
-                # The module reads self.<name> through Module.__getattr__, which looks
-                # in _parameters: the hooked tensor is what it computes with, and
-                # autograd carries gradients through it to the real parameter.
-                parameters[name] = shown
-        self.lent.append(real)
+    def fire_parameter(self, site: Site, parameter: Any) -> Any:
+        """Fire a PARAMETER site (called by the module's ParameterLending)."""
+        return self._fire(self._watching([site]), parameter, ())
 
-    def return_params(self, _module: nn.Module, _args: Any, _output: Any) -> None:
-        if self.lent:
-            self.module._parameters.update(self.lent.pop())
+
+@torch.compiler.disable
+def _eagerly(hook: Any, *args: Any) -> Any:
+    """Call a torch hook of the core with dynamo off (from compiled code: a graph break)."""
+    return hook(*args)
+
+
+class _Observing:
+    """The context of ``HookCore.observing``: a class, not a generator, as it is entered
+    and left on every run_with_cache call."""
+
+    __slots__ = ("core", "observer", "watched", "enter", "token")
+
+    def __init__(self, core: HookCore, observer: Observer, watched: frozenset[str]):
+        self.core, self.observer, self.watched = core, observer, watched
+        self.enter = wants_enter(observer)
+
+    def __enter__(self) -> None:
+        self.token = ACTIVE_OBSERVERS.set(
+            (*ACTIVE_OBSERVERS.get(), (self.core, self.observer, self.watched))
+        )
+        try:
+            self.core._count_observer(self.watched, +1, self.enter)
+        except BaseException:
+            ACTIVE_OBSERVERS.reset(self.token)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.core._count_observer(self.watched, -1, self.enter)
+        finally:
+            ACTIVE_OBSERVERS.reset(self.token)
+
+
+def _fire_view(
+    site: Site, observers: list[Observer], tensor: Any, path: Path, module_args: tuple[Any, ...]
+) -> Any:
+    """Fire a site that shows ``tensor`` through its view; write a replacement back."""
+    view = site.view
+    assert view is not None
+    hook_point = site.hook_point
+    hooked = isinstance(hook_point, SiteHookPoint) and hook_point.has_torch_hooks()
+    if not hooked and not observers:
+        return tensor  # idle here (another site of the module is active): nothing to show
+    if view.uses_input:
+        where = find_primary(module_args)
+        shown = view.show(tensor, None if where is None else get_at(module_args, where))
+    else:
+        shown = view.show(tensor)
+    if not hooked:  # observers only read: no edit to look for (nor a version to trace)
+        for observer in observers:
+            observer.on_output(site, shown, path)
+        return tensor
+    assert isinstance(hook_point, SiteHookPoint)  # (hooked says so)
+    backward = hook_point.has_backward_hooks()
+    if view.write_back is None and backward:
+        raise ReadOnlySiteError(
+            f"{site.name!r} has no gradient of its own here, so a backward hook there "
+            f"would never run: {view.read_only_reason or 'its value is computed for reading'}"
+        )
+    if backward:
+        # Backward hooks are tensor hooks on what the site passes on (core/grad_hooks.py).
+        # On a view of the module's tensor, which the model may change in place later,
+        # autograd would drop them: they go on a copy, which the model goes on from.
+        shown = shown.clone()
+    version = shown._version  # bumped by any in-place edit
+    fired = hook_point(shown)
+    edited = backward or fired is not shown or shown._version != version
+    if edited and view.write_back is None:
+        raise ReadOnlySiteError(
+            f"a hook replaced or edited {site.name!r}, which can only be read: "
+            f"{view.read_only_reason or 'its value is computed for reading'}"
+        )
+    for observer in observers:
+        observer.on_output(site, fired, path)
+    if not edited:
+        return tensor
+    assert view.write_back is not None
+    return view.write_back(tensor, fired)
 
 
 _RENUMBERED = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+@dataclass(frozen=True)
+class _Added:
+    """How a site added after discovery (:meth:`HookCore.add_site`) is made again when
+    the sites follow a structure change: its view, and the module it was explicitly
+    placed on (outside the model's tree; None: the module at its path)."""
+
+    view: SiteView | None
+    module: nn.Module | None
 
 
 def _holds_hooks(hook_point: Any) -> bool:
@@ -193,13 +308,15 @@ class HookCore:
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
         ]
-        # Structure changes (see structure_watch): names of sites added after discovery
-        # (aliases), whether the sites may no longer match the model, and the forward
-        # pre-hook on the root that checks before a call while they may not.
-        self._added: dict[str, SiteKind] = {}
+        # Structure changes (see structure_watch): sites added after discovery (aliases,
+        # views, probes; name -> how to make them again), whether the sites may no longer
+        # match the model, and whether the next call must find them again first (set
+        # while hooks are active; HookedModule.__call__ asks, eagerly, before the call).
+        self._added: dict[str, _Added] = {}
         self.stale = False
-        self._guard: RemovableHandle | None = None
+        self.sync_before_call = False
         self._watch_structure()
+        compile_guards.track(self)
 
     def _new_hook_point(self, name: str) -> SiteHookPoint:
         return SiteHookPoint(name, self._changed)
@@ -216,20 +333,55 @@ class HookCore:
         for table in self.tables:
             table[site.name] = site.hook_point
 
-    def add_site(self, name: str, module_path: str, kind: SiteKind) -> Site:
+    def add_site(
+        self,
+        name: str,
+        module_path: str,
+        kind: SiteKind,
+        *,
+        view: SiteView | None = None,
+        module: nn.Module | None = None,
+    ) -> Site:
         """Add an OUTPUT or INPUT site named ``name`` on the module at ``module_path``.
 
         An OUTPUT site on a module that already has one is an alias: it fires after the
-        module's own site, with what that site passed on. Returns the new site.
+        module's own site, with what that site passed on. ``view`` shows the tensor to
+        the site's hooks in another shape (see :class:`SiteView`). ``module`` places the
+        site on a module outside the model's tree (one its code calls, e.g. from a
+        function it looks up at run time); ``module_path`` then only labels it.
+        Returns the new site.
         """
         if kind not in (SiteKind.OUTPUT, SiteKind.INPUT):
             raise ValueError(f"add_site adds OUTPUT or INPUT sites, not {kind}")
-        module = self.root.get_submodule(module_path)
-        site = Site(name, kind, module, module_path, hook_point=self._new_hook_point(name))
+        explicit_module = module
+        if module is None:
+            module = self.root.get_submodule(module_path)
+        site = Site(
+            name, kind, module, module_path, hook_point=self._new_hook_point(name), view=view
+        )
         with self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
-            self._added[name] = kind
+            self._added[name] = _Added(view, explicit_module)
         return site
+
+    def remove_site(self, name: str) -> None:
+        """Remove a site added with :meth:`add_site`, its hooks and its torch hooks."""
+        with self._lock:
+            hook_point = self.sites[name].hook_point
+            if isinstance(hook_point, SiteHookPoint):
+                hook_point.remove_hooks("both", including_permanent=True)
+                hook_point.clear_torch_hooks()
+            site = self.sites.pop(name)
+            self._added.pop(name, None)
+            hooks = self._site_modules.pop(name)
+            self.hooked.pop(name, None)
+            hooks.observer_counts.pop(name, None)
+            for sites in (hooks.output_sites, hooks.input_sites, hooks.leaf_sites):
+                if site in sites:
+                    sites.remove(site)
+            for table in self.tables:
+                dict.pop(table, name, None)
+            self._refresh(hooks)
 
     def leaf_site(self, name: str) -> Site | None:
         """With ``leaves=True``: the site for ``<output site>.<index or field>...``, made on
@@ -262,8 +414,10 @@ class HookCore:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         # A copy's modules are not watched yet (they may not all exist at this point of
-        # a deepcopy): the first sync watches them and finds the sites again.
-        self.stale = True
+        # a deepcopy): the first sync (at the latest, the first call) watches them and
+        # finds the sites again.
+        self.stale = self.sync_before_call = True
+        compile_guards.track(self)
 
     # ----------------------------------------------------------------- activity
     def _changed(self, hook_point: SiteHookPoint) -> None:
@@ -295,13 +449,9 @@ class HookCore:
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
         with self._lock:
-            want_output = any(hooks.is_active(s) for s in hooks.output_sites + hooks.leaf_sites)
-            want_params = any(hooks.is_active(s) for s in hooks.param_sites)
-            want_pre = (
-                want_params
-                or hooks.enter_watchers > 0
-                or any(hooks.is_active(s) for s in hooks.input_sites)
-            )
+            want_output = hooks.any_active(hooks.output_sites) or hooks.any_active(hooks.leaf_sites)
+            want_params = hooks.any_active(hooks.param_sites)
+            want_pre = hooks.enter_watchers > 0 or hooks.any_active(hooks.input_sites)
             module = hooks.module
             if want_output and hooks.output_handle is None:
                 hooks.output_handle = module.register_forward_hook(hooks.fire_output)
@@ -309,58 +459,40 @@ class HookCore:
                 hooks.output_handle.remove()
                 hooks.output_handle = None
             if want_pre and hooks.pre_handle is None:
-                # First: another pre-hook may compute with the parameters we lend (pruning
-                # computes weight = weight_orig * mask in one).
                 hooks.pre_handle = module.register_forward_pre_hook(
-                    hooks.before_forward, with_kwargs=True, prepend=True
+                    hooks.before_forward, with_kwargs=True
                 )
-                if module is self.root and self._guard is not None:  # the guard stays first
-                    self._set_guard(False)
-                    self._set_guard(True)
             elif not want_pre and hooks.pre_handle is not None:
                 hooks.pre_handle.remove()
                 hooks.pre_handle = None
-            if want_params and hooks.return_handle is None:
-                # prepend: the real parameters are back before any output hook runs.
-                hooks.return_handle = module.register_forward_hook(
-                    hooks.return_params, prepend=True, always_call=True
-                )
-                hooks.params_back = ParamsBack(module, hooks.return_params)
-                hooks.params_back.install()
-            elif not want_params and hooks.return_handle is not None:
-                hooks.return_handle.remove()
-                hooks.return_handle = None
-                if hooks.params_back is not None:
-                    hooks.params_back.remove()
-                    hooks.params_back = None
+            if want_params:
+                hooks.lending.place()
+            else:
+                hooks.lending.remove()
 
-    @contextlib.contextmanager
-    def observing(self, observer: Observer, names: Iterable[str]) -> Iterator[None]:
+    def observing(self, observer: Observer, names: Iterable[str]) -> _Observing:
         """Make ``observer`` see the sites ``names`` in this context only, until exit."""
         watched = frozenset(names)
         self.sync()
-        unknown = watched - self.sites.keys()
-        if unknown:
-            raise KeyError(f"not hook sites of this model: {sorted(unknown)[:5]}")
-        enter = wants_enter(observer)
-        self._count_observer(watched, +1, enter)  # may raise: nothing is set yet
-        token = ACTIVE_OBSERVERS.set((*ACTIVE_OBSERVERS.get(), (self, observer, watched)))
-        try:
-            yield
-        finally:
-            self._count_observer(watched, -1, enter)
-            ACTIVE_OBSERVERS.reset(token)
+        sites = self.sites
+        for name in watched:
+            if name not in sites:
+                unknown = sorted(n for n in watched if n not in sites)
+                raise KeyError(f"not hook sites of this model: {unknown[:5]}")
+        return _Observing(self, observer, watched)
 
     def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
         with self._lock:
             touched: dict[int, _ModuleHooks] = {}
+            site_modules = self._site_modules
             for name in names:
-                hooks = self._site_modules[name]
-                count = hooks.observer_counts.get(name, 0) + step
+                hooks = site_modules[name]
+                counts = hooks.observer_counts
+                count = counts.get(name, 0) + step
                 if count:
-                    hooks.observer_counts[name] = count
+                    counts[name] = count
                 else:
-                    hooks.observer_counts.pop(name, None)
+                    del counts[name]
                 touched[id(hooks)] = hooks
             if enter:  # once per module, however many of its sites are watched
                 for hooks in touched.values():
@@ -368,18 +500,24 @@ class HookCore:
             for hooks in touched.values():
                 self._refresh(hooks)
 
+    def give_back_lent(self) -> None:
+        """Give every module back the real parameters lent to it (after a
+        ``KeyboardInterrupt`` or ``SystemExit`` ended a call; see core/lending.py)."""
+        with self._lock:
+            for hooks in self._all_module_hooks():
+                hooks.lending.give_back_all()
+
     def installed_hook_count(self) -> int:
         """How many torch hooks the core has on the model right now (0 when idle)."""
         with self._lock:
-            return (self._guard is not None) + sum(
-                (h.output_handle is not None)
-                + (h.pre_handle is not None)
-                + (h.return_handle is not None)
+            return sum(
+                (h.output_handle is not None) + (h.pre_handle is not None) + h.lending.hook_count()
                 for h in self._all_module_hooks()
             )
 
     def close(self) -> None:
         """Remove every hook from every site and every torch hook of the core."""
+        compile_guards.untrack(self)
         with self._lock:
             for site in self.sites.values():
                 if isinstance(site.hook_point, SiteHookPoint):
@@ -389,7 +527,7 @@ class HookCore:
                 hooks.observer_counts.clear()
                 hooks.enter_watchers = 0
                 self._refresh(hooks)
-            self._set_guard(False)
+            self.sync_before_call = False
             structure_watch.unwatch(self, list(self.root.modules()))
 
     # ------------------------------------------------------- structure changes
@@ -402,7 +540,7 @@ class HookCore:
                 _holds_hooks(hp) for hp in self.own_hook_points
             )
             if busy:
-                self._set_guard(True)
+                self.sync_before_call = True
 
     def _watch_structure(self) -> None:
         modules = list(self.root.modules())
@@ -431,29 +569,9 @@ class HookCore:
                         if strict:
                             raise
 
-    def _set_guard(self, on: bool) -> None:
-        if on and self._guard is None:
-            self._guard = self.root.register_forward_pre_hook(
-                self._sync_before_call, prepend=True, with_kwargs=True
-            )
-        elif not on and self._guard is not None:
-            self._guard.remove()
-            self._guard = None
-
-    def _sync_before_call(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        self.sync()
-        # torch took this call's pre-hooks before the sites moved: the root's new
-        # pre-hook (if it needs one) runs from here, the old one does nothing.
-        root = next((h for h in self._all_module_hooks() if h.module is self.root), None)
-        if root is not None and root.pre_handle is not None:
-            return root.before_forward(module, args, kwargs)
-        return None
-
     def _follow_structure(self) -> None:
         self.stale = True
-        if any(h.lent for h in self._all_module_hooks()):
+        if any(h.lending.lending_now() for h in self._all_module_hooks()):
             return  # a call is running with lent parameters: after it, not under it
         reuse = {
             n: s.hook_point for n, s in self.sites.items() if s.kind is not SiteKind.HOOK_POINT
@@ -465,15 +583,14 @@ class HookCore:
             )
         }
         for name, old in self.sites.items():  # sites made after discovery: aliases, leaves
-            if name in fresh or (name not in self._added and old.kind is not SiteKind.LEAF):
+            added = self._added.get(name)
+            if name in fresh or (added is None and old.kind is not SiteKind.LEAF):
                 continue
-            owner_path = old.module_path
-            owner = fresh.get(site_name(owner_path)) if old.kind is SiteKind.LEAF else None
-            module = owner.module if owner is not None else self._module_at(owner_path)
-            if module is not None and (owner is not None or has_output_site(module, owner_path)):
+            module = self._module_now(old, added, fresh)
+            if module is not None:
                 fresh[name] = Site(
-                    name, old.kind, module, owner_path,
-                    hook_point=old.hook_point, leaf_path=old.leaf_path,
+                    name, old.kind, module, old.module_path,
+                    hook_point=old.hook_point, leaf_path=old.leaf_path, view=old.view,
                 )  # fmt: skip
         lost = [
             name
@@ -482,7 +599,7 @@ class HookCore:
             and (_holds_hooks(old.hook_point) or self._site_modules[name].observer_counts.get(name))
         ]
         if lost:
-            self._set_guard(True)
+            self.sync_before_call = True
             raise StructureChangedError(
                 f"the model changed since auto_hook found its sites: {sorted(lost)[:5]} no "
                 "longer exist (their module was replaced or removed, or their parameter "
@@ -495,16 +612,14 @@ class HookCore:
         old_counts = {n: h.observer_counts.get(n, 0) for n, h in self._site_modules.items()}
         watchers = {h.path: h.enter_watchers for h in old_hooks}
         for hooks in old_hooks:  # every torch hook comes off; _refresh puts back what is due
-            for handle in (hooks.output_handle, hooks.pre_handle, hooks.return_handle):
+            for handle in (hooks.output_handle, hooks.pre_handle):
                 if handle is not None:
                     handle.remove()
-            hooks.output_handle = hooks.pre_handle = hooks.return_handle = None
-            if hooks.params_back is not None:
-                hooks.params_back.remove()
-                hooks.params_back = None
+            hooks.output_handle = hooks.pre_handle = None
+            hooks.lending.remove()  # (puts back what accelerate had, on a dispatched module)
             # A torch hook of this call taken before now finds nothing left to do.
             hooks.output_sites, hooks.leaf_sites, hooks.input_sites = [], [], []
-            hooks.param_sites = []
+            hooks.param_sites.clear()  # the lending's own list
         self.sites, self._site_modules = {}, {}
         for table in self.tables:
             table.clear()
@@ -527,7 +642,23 @@ class HookCore:
             self._refresh(hooks)
         self._watch_structure()
         self.stale = False
-        self._set_guard(False)
+        self.sync_before_call = False
+
+    def _module_now(
+        self, old: Site, added: _Added | None, fresh: dict[str, Site]
+    ) -> nn.Module | None:
+        """Where a site made after discovery belongs now, or None if nowhere."""
+        if added is not None and added.module is not None:
+            return added.module  # placed on a module outside the model's tree: it stays
+        if old.kind is SiteKind.LEAF:
+            owner = fresh.get(site_name(old.module_path))
+            return None if owner is None else owner.module
+        module = self._module_at(old.module_path)
+        if module is None:
+            return None
+        if module is not old.module and not has_output_site(module, old.module_path):
+            return None
+        return module
 
     def _module_at(self, path: str) -> nn.Module | None:
         try:
@@ -538,6 +669,6 @@ class HookCore:
     def observers_of(self, site: Site) -> list[Observer]:
         return [
             observer
-            for core, observer, names in ACTIVE_OBSERVERS.get()
+            for core, observer, names in active_observers()
             if core is self and site.name in names
         ]

@@ -3,13 +3,14 @@
 An observer is active only inside the thread or asyncio task that entered it, as
 transformers' ``output_capturing`` does: the active observers live in a ``ContextVar``,
 so another thread running the same model sees none of them, and a site with no
-observer pays one context lookup.
+observer pays one context lookup (see :mod:`auto_hookpoint.core.context` for how a
+compiled forward sees them).
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from auto_hookpoint.core.structure import Path
 
@@ -25,7 +26,18 @@ class Observer:
     runs; the core places a pre-hook for it only if the observer overrides it), then
     ``on_output`` (after the site's hooks) or ``on_no_tensor``, then ``on_exit``. A
     module that raises gets no ``on_exit``.
+
+    Compiled models: the callbacks of an observer whose class sets ``traced`` are traced
+    into the compiled graph by dynamo, so they must be traceable without a graph break
+    (tensor operations, storing into the observer's own containers, raising an
+    ``Exception`` subclass that does not override ``__init__``). While any other
+    observer watches a hooked model, each call of the model runs eagerly, which is
+    exact whatever the callbacks do (clocks, memory counters, ``.item()``); a part of the
+    model compiled on its own (a compiled ``model.forward``, a compiled submodule) then
+    runs the watched modules' dispatch eagerly, a graph break at each.
     """
+
+    traced: ClassVar[bool] = False
 
     def on_enter(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """``site``'s module is about to run with these arguments."""
@@ -39,6 +51,17 @@ class Observer:
 
     def on_exit(self, site: Site, output: Any) -> None:
         """``site``'s module has returned ``output`` (with any hook's replacement in it)."""
+
+
+class StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by an observer's callback to end the forward early (the split exit).
+
+    Subclasses must not override ``__init__`` (dynamo then traces the raise). Dynamo
+    cannot compile an exception that leaves the compiled function, so in compiled code the
+    hooked model's forward catches it and returns it, and the model's call raises it
+    again, outside the compiled region (see ``auto_hookpoint.hooked``); a module that
+    receives one as its "output" is being unwound, and none of its sites fire.
+    """
 
 
 def wants_enter(observer: Observer) -> bool:

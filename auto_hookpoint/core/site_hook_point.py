@@ -53,6 +53,9 @@ class SiteHookPoint(HookPoint):
             or self._backward_hooks
         )
 
+    def has_backward_hooks(self) -> bool:
+        return bool(self._grad_hooks or self._backward_hooks)
+
     def clear_torch_hooks(self) -> None:
         """Drop every hook, also those registered without add_hook (not in TL's lists)."""
         self._forward_hooks.clear()

@@ -20,6 +20,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
@@ -42,6 +43,26 @@ class SiteKind(enum.Enum):
     """A tensor at a given path inside a module's structured output (``leaves=True``)."""
 
 
+@dataclass(frozen=True)
+class SiteView:
+    """How a site shows its module's tensor in another shape, and takes a replacement back.
+
+    ``show(tensor)`` is what the site's hooks and observers see (ideally a view of
+    ``tensor``, so that an in-place edit by a hook reaches the module's tensor); with
+    ``uses_input`` (OUTPUT sites only) it is ``show(tensor, module_input)``, the input
+    being the first tensor among the module's positional arguments.
+    ``write_back(tensor, shown)`` returns what the module passes on once a hook has
+    replaced or edited ``shown``; ``None`` makes the site read-only: a hook that replaces
+    or edits it in place raises :class:`~auto_hookpoint.errors.ReadOnlySiteError`.
+    """
+
+    show: Callable[..., torch.Tensor]
+    write_back: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # Why the site is read-only, for the error message.
+    read_only_reason: str = ""
+    uses_input: bool = False
+
+
 @dataclass(eq=False)
 class Site:
     """One hookable place in the model.
@@ -59,6 +80,7 @@ class Site:
     param_name: str | None = None
     hook_point: HookPoint = field(repr=False, kw_only=True)
     leaf_path: tuple[int | str, ...] = field(default=(), kw_only=True)
+    view: SiteView | None = field(default=None, kw_only=True, repr=False)
 
     @property
     def module_type(self) -> str:

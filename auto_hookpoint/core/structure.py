@@ -43,9 +43,9 @@ def find_primary(output: Any) -> Path | None:
 
 
 def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in a structure, depth first, in the order :func:`find_primary` walks,
-    with a readable path ('' for the value itself, then '[0]' for sequence items and
-    '.key' for mapping values and dataclass fields)."""
+    """Every tensor in a structure, depth first, with a readable path ('' for the value
+    itself, then '[0]' for sequence items and '.key' for mapping values and dataclass
+    fields): the same structures :func:`find_primary` looks into."""
     if isinstance(value, torch.Tensor):
         yield path, value
     elif isinstance(value, Mapping):
@@ -55,8 +55,8 @@ def tensors_with_paths(value: Any, path: str = "") -> Iterator[tuple[str, torch.
         for index, item in enumerate(value):
             yield from tensors_with_paths(item, f"{path}[{index}]")
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from tensors_with_paths(getattr(value, field.name), f"{path}.{field.name}")
+        for f in dataclasses.fields(value):
+            yield from tensors_with_paths(getattr(value, f.name), f"{path}.{f.name}")
 
 
 def get_at(output: Any, path: Path) -> Any:

@@ -10,7 +10,9 @@ any module (``setattr``, ``add_module``, ``register_parameter``, ``ModuleList.ap
 ...). One pair of them, placed when the first model is hooked, marks the hook core of
 every hooked model owning that module as *stale*; the core then finds its sites again
 before its next use (see ``HookCore.sync``). This costs nothing per forward: only a
-dictionary lookup per registration anywhere in the process.
+dictionary lookup per registration anywhere in the process. Registrations made while
+dynamo traces a compiled forward are not looked at (see ``_cores_of``): the structure of
+a hooked model is changed by the user between calls, not inside a compiled forward.
 
 Deleting an item of a ``ModuleList``, ``Sequential`` or ``ModuleDict`` registers
 nothing and renumbers the rest; the core compares those containers' children at each
@@ -24,6 +26,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 from torch.nn.modules.module import (
     register_module_module_registration_hook,
@@ -66,6 +69,13 @@ def unwatch(core: HookCore, modules: list[nn.Module]) -> None:
 
 
 def _cores_of(module: nn.Module) -> list[HookCore]:
+    if torch.compiler.is_dynamo_compiling():
+        # A registration while dynamo traces is a model's forward building a temporary
+        # container (``self.layers[:n]`` makes a new ModuleList on every call), not a
+        # change of the hooked model. Looking it up in _OWNERS there would let dynamo
+        # find the model's modules through _OWNERS, and guard on the first compiled
+        # instance's modules for every instance.
+        return []
     owners = _OWNERS.get(module)
     return list(owners) if owners else []
 

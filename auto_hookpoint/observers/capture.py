@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,8 +43,14 @@ def select_sites(
     a site, or a glob that matches nothing, raises UnknownHookNameError."""
     if callable(names):
         return [n for n in all_names if names(n)]
+    patterns = [names] if isinstance(names, str) else names
+    if not isinstance(patterns, Iterable) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            "names must be a site name or glob ('model.layers.*.hook_point'), a list of "
+            f"them, or a function of the site name; got {names!r}"
+        )
     chosen: list[str] = []
-    for pattern in [names] if isinstance(names, str) else list(names):
+    for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
             regex = _glob_regex(pattern)
             matched = [n for n in all_names if regex.fullmatch(n)]
@@ -85,6 +91,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class Captured(Observer, Mapping[str, Any]):
+    traced = True
+
     def __init__(
         self,
         detach: bool = True,

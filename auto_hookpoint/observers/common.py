@@ -27,7 +27,12 @@ def module_sites(
         return sites
     if callable(names):
         return [n for n in sites if names(n)]
-    wanted = [names] if isinstance(names, str) else list(names)  # one name, not its letters
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            "names must be a list of module-output site names or a function of the site "
+            f"name (None: every module); got {names!r}"
+        )
+    wanted = list(names)
     for name in wanted:
         if name not in sites:
             from auto_hookpoint.errors import UnknownHookNameError

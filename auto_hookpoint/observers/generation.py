@@ -118,6 +118,13 @@ def generation_trace(
 
     Watches the root output (the logits: the first tensor of a causal LM's output)."""
     core = core_of(model, "generation_trace")
+    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+        raise TypeError(
+            "generation_trace's tokenizer decodes the chosen tokens: pass the model's "
+            f"tokenizer (with a decode method) or None; got {type(tokenizer).__name__}"
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (top tokens recorded per step) is a whole number >= 1, not {k!r}")
     recorder = GenerationTrace(tokenizer, k)
     token = _STEP.set(None)
     try:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from auto_hookpoint.core.devices import execution_device
 from auto_hookpoint.core.observers import Observer
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import tensors_with_paths
@@ -195,7 +196,9 @@ def memory_profile(
     model: nn.Module, names: Iterable[str] | Callable[[str], bool] | None = None
 ) -> Iterator[MemoryProfile]:
     """Record the memory of every call of the watched modules (all, by default)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    # Where the model computes (on a model dispatched by accelerate, not where its
+    # offloaded weights rest, which is `meta`).
+    device = execution_device(model) or torch.device("cpu")
     profile = MemoryProfile(device)
     try:
         with observing(model, profile, module_sites(model, names)):

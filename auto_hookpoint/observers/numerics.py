@@ -5,13 +5,20 @@
         loss.backward()
     found.first                               # a Finding, or None
 
-A *producer* is a module whose output holds a NaN or Inf while its inputs did not; a
-module that merely passes one on is not reported. Modules are checked in execution
-order, so the innermost producer is found first. In the backward pass the same is asked
-of gradients: the first module whose input gradient is non-finite while the gradient of
-its output was finite (seen through tensor hooks on its inputs and outputs; where a
-tensor feeds several modules, its gradient is their sum). Integer and non-tensor values
-are skipped.
+A *producer* is a module whose output holds a NaN while its inputs held none, or an
+Inf while its inputs held none; a module that merely passes one on is not reported.
+The two kinds are told apart because inputs may hold one of them legitimately: an
+additive attention mask holds ``-inf``, and the attention module that turns a fully
+masked row into NaN is the producer of that NaN. (A module given NaN that makes more
+NaN is not found: its inputs already held the kind it produced.) Modules are checked
+in execution order, so the innermost producer is found first; the forward reports the
+first producer of NaN and the first producer of Inf (a module building a ``-inf`` mask
+from a boolean one is an Inf producer, and must not hide the NaN made later).
+
+In the backward pass the same is asked of gradients: the first module whose input
+gradient is non-finite while the gradient of its output was finite (seen through
+tensor hooks on its inputs and outputs; where a tensor feeds several modules, its
+gradient is their sum). Integer and non-tensor values are skipped.
 """
 
 from __future__ import annotations
@@ -49,14 +56,26 @@ class Finding:
     nan: int
     inf: int
     call: int
+    # Forward: the NaN and Inf its inputs held (a -inf mask), none of the kind produced.
+    input_nan: int = 0
+    input_inf: int = 0
 
     def __str__(self) -> str:
         where = f" at {self.path}" if self.path else ""
         what = "output" if self.direction == "forward" else "input gradient"
+        if self.direction == "backward":
+            source = "from finite output gradients"
+        elif self.input_nan or self.input_inf:
+            source = (
+                f"from inputs that held {self.input_nan} NaN and {self.input_inf} Inf "
+                f"(but no {'NaN' if self.nan and not self.input_nan else 'Inf'})"
+            )
+        else:
+            source = "from finite inputs"
         return (
             f"{self.module or '<root>'} ({self.module_type}, call {self.call}) produced "
             f"{self.nan} NaN and {self.inf} Inf in its {what}{where} ({self.direction}), "
-            f"from finite {'inputs' if self.direction == 'forward' else 'output gradients'}"
+            f"{source}"
         )
 
 
@@ -83,7 +102,8 @@ def _nonfinite(value: Any) -> list[tuple[str, int, int]]:
 class _Frame:
     site: Site
     call: int
-    inputs_finite: bool
+    input_nan: int  # NaN and Inf in the inputs, over every input tensor
+    input_inf: int
     outputs_grad_finite: dict[int, bool] = field(default_factory=dict)
 
 
@@ -94,6 +114,7 @@ class NonFiniteSearch(Observer):
         self.findings: list[Finding] = []
         self._stack: list[_Frame] = []
         self._calls: dict[str, int] = {}
+        self._kinds_found: set[str] = set()  # "NaN", "Inf": forward producers found
 
     @property
     def first(self) -> Finding | None:
@@ -107,7 +128,8 @@ class NonFiniteSearch(Observer):
 
     def on_enter(self, site: Site, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         call = self._calls[site.name] = self._calls.get(site.name, 0) + 1
-        frame = _Frame(site, call, not _nonfinite((args, kwargs)))
+        found = _nonfinite((args, kwargs))
+        frame = _Frame(site, call, sum(n for _, n, _ in found), sum(i for _, _, i in found))
         self._stack.append(frame)
         if self.backward and torch.is_grad_enabled():
             for path, tensor in tensors_with_paths((args, kwargs)):
@@ -125,15 +147,33 @@ class NonFiniteSearch(Observer):
             for _, tensor in tensors_with_paths(output):
                 if tensor.requires_grad and tensor.is_floating_point():
                     tensor.register_hook(functools.partial(self._output_grad, frame))
-        if frame.inputs_finite and not self.findings_forward():
-            bad = _nonfinite(output)
-            if bad:
-                path, nan, inf = bad[0]
+        wanted = {"NaN", "Inf"} - self._kinds_found
+        if frame.input_nan:
+            wanted.discard("NaN")
+        if frame.input_inf:
+            wanted.discard("Inf")
+        if not wanted:
+            return
+        # The first tensor of the output holding a kind of non-finite value that no
+        # input held and no earlier module was found producing.
+        for path, nan, inf in _nonfinite(output):
+            new = wanted & ({"NaN"} if nan else set()) | wanted & ({"Inf"} if inf else set())
+            if new:
+                self._kinds_found |= new
                 self._report(
                     Finding(
-                        site.module_path, site.module_type, "forward", path, nan, inf, frame.call
-                    )
+                        site.module_path,
+                        site.module_type,
+                        "forward",
+                        path,
+                        nan,
+                        inf,
+                        frame.call,
+                        frame.input_nan,
+                        frame.input_inf,
+                    )  # fmt: skip
                 )
+                return
 
     def findings_forward(self) -> list[Finding]:
         return [f for f in self.findings if f.direction == "forward"]

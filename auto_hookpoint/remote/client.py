@@ -66,6 +66,11 @@ class SplitClient:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ):
+        if not isinstance(url, str):
+            raise TypeError(
+                "SplitClient takes the server's URL as a string, e.g. "
+                f"'http://127.0.0.1:8000'; got {type(url).__name__}"
+            )
         self.url = url.rstrip("/")
         self.compress = codec.check_compression(compress)
         self.timeout = timeout

@@ -235,6 +235,12 @@ def plan_split(
     """Every split's latency from the profiles of the edge and the server (the same one
     when None) over a link of ``bandwidth`` and ``rtt``; the best among the
     ``compress`` modes (default: exact only; the table shows the others too)."""
+    for profile in (edge, server):
+        if profile is not None and not isinstance(profile, SplitProfile):
+            raise TypeError(
+                "plan_split takes SplitProfiles, from profile_split(model, ...) or "
+                f"SplitProfile.load(path); got {type(profile).__name__}"
+            )
     server = server or edge
     _check_compatible(edge, server)
     bandwidth_bps, rtt_s = parse_bandwidth(bandwidth), parse_duration(rtt)

@@ -36,6 +36,7 @@ from auto_hookpoint.remote import codec
 from auto_hookpoint.remote.executor import SplitExecutor
 from auto_hookpoint.remote.wire import SplitRequest, decode_request, encode_request
 from auto_hookpoint.split.early_output import EarlyOutput, cached_fingerprint
+from auto_hookpoint.split.inputs import input_shapes
 from auto_hookpoint.split.stacks import block_stack
 
 PROFILE_FORMAT = "auto_hookpoint.split-profile/1"
@@ -131,6 +132,7 @@ def profile_split(
             model(*args, **inputs)
     output_bytes = {r.module: r.output_bytes for r in memory.records}
     fingerprint = cached_fingerprint(model)
+    shapes = input_shapes(model, args, inputs)  # as run_until records them: the same bytes
     request_bytes: dict[str, list[int | None]] = {}
     encode_ms: dict[str, list[float | None]] = {}
     decode_ms: dict[str, list[float | None]] = {}
@@ -139,7 +141,7 @@ def profile_split(
         request_bytes[mode], encode_ms[mode], decode_ms[mode] = [], [], []
         for site in sites:
             early = EarlyOutput(site, {site: acts[site]}, [site], type(model).__name__,
-                                fingerprint=fingerprint)  # fmt: skip
+                                fingerprint=fingerprint, inputs=shapes)  # fmt: skip
             request = SplitRequest(early, args, inputs, compress, output, last_position)
             try:
                 body = encode_request(request)

@@ -3,7 +3,12 @@
 The file is a safetensors file (never pickle): one tensor per banked site, under the
 site's name, and string metadata naming the format, the split site, the order in which
 sites fired, the model's class and a fingerprint of its parameter names, shapes and
-dtypes, so that loading into the wrong model is refused before anything runs.
+dtypes, so that loading into the wrong model is refused before anything runs, and the
+shapes of the inputs it was banked for, so that resuming other inputs is refused too.
+
+Each activation stays on the device where it was banked (on a model spread over several
+devices, each block's on its own); ``.to()`` moves them, and ``load(path, device=...)``
+reads them onto one device.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def model_fingerprint(model: nn.Module) -> str:
 _FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
 
+@torch.compiler.disable  # plain Python (hashlib, a weak dict): never traced by dynamo
 def cached_fingerprint(model: nn.Module) -> str:
     first = next(model.parameters(), None)
     key = (first.dtype, first.device) if first is not None else None
@@ -64,6 +70,8 @@ class EarlyOutput:
     # tensor itself, [0] for the first item of a tuple, ...
     output_path: list[int | str] = field(default_factory=list)
     fingerprint: str = ""  # of the model it was banked from (model_fingerprint)
+    # The shapes of the forward's tensor inputs, by name (see split.inputs); {} if unknown.
+    inputs: dict[str, list[int]] = field(default_factory=dict)
     # The model it was banked from, while it lives: resuming on that very model skips
     # the fingerprint comparison.
     source: weakref.ReferenceType[nn.Module] | None = field(default=None, repr=False, compare=False)
@@ -72,6 +80,16 @@ class EarlyOutput:
     def activation(self) -> torch.Tensor:
         """The activation at the split site."""
         return self.activations[self.site]
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the activation at the split site."""
+        return self.activation.device
+
+    @property
+    def devices(self) -> dict[str, torch.device]:
+        """The device of each banked activation, by site name."""
+        return {name: tensor.device for name, tensor in self.activations.items()}
 
     def to(self, *args: Any, **kwargs: Any) -> EarlyOutput:
         """A copy with every activation moved/cast as ``Tensor.to`` would."""
@@ -107,6 +125,7 @@ class EarlyOutput:
             "model_class": self.model_class,
             "fingerprint": self.fingerprint,
             "output_path": json.dumps(self.output_path),
+            "inputs": json.dumps(self.inputs),
             "shapes": json.dumps({k: list(v.shape) for k, v in tensors.items()}),
             "dtypes": json.dumps({k: str(v.dtype) for k, v in tensors.items()}),
         }
@@ -129,6 +148,7 @@ class EarlyOutput:
             early = cls(
                 site, tensors, order, metadata["model_class"],
                 json.loads(metadata["output_path"]), metadata["fingerprint"],
+                inputs=json.loads(metadata.get("inputs", "{}")),
             )  # fmt: skip
         except (KeyError, json.JSONDecodeError) as error:
             raise EarlyOutputError(f"{where} has damaged EarlyOutput metadata: {error}") from error

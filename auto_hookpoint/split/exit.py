@@ -16,26 +16,36 @@ from typing import Any
 import torch
 
 from auto_hookpoint.core.attached import core_of
-from auto_hookpoint.core.observers import Observer
+from auto_hookpoint.core.context import not_traced
+from auto_hookpoint.core.observers import Observer, StopForward
 from auto_hookpoint.core.sites import Site
 from auto_hookpoint.core.structure import Path
 from auto_hookpoint.errors import SiteNeverFiredError, UnknownHookNameError
 from auto_hookpoint.split.early_output import EarlyOutput, cached_fingerprint
+from auto_hookpoint.split.inputs import input_shapes
 
 
-class SplitExit(Exception):  # noqa: N818 - control flow, not an error
+class SplitExit(StopForward):
     """Raised by the core, after the split site fired, to end the forward early.
 
     An ``Exception`` (not a ``BaseException``) so that torch's always-called forward hooks
-    run while it unwinds the forward.
+    run while it unwinds the forward. Made as ``SplitExit(observer)``, without an
+    ``__init__`` of its own, so that dynamo traces the raise: a compiled forward ends
+    there, in one graph.
     """
 
-    def __init__(self, observer: SplitObserver):
-        super().__init__(f"split exit after {observer.site!r}")
-        self.observer = observer
+    @property
+    def observer(self) -> SplitObserver:
+        observer: SplitObserver = self.args[0]
+        return observer
+
+    def __str__(self) -> str:
+        return f"split exit after {self.observer.site!r}"
 
 
 class SplitObserver(Observer):
+    traced = True
+
     def __init__(self, site: str, bank: Iterable[str] = ()):
         self.site = site
         self.watched = [site, *[b for b in bank if b != site]]
@@ -46,14 +56,15 @@ class SplitObserver(Observer):
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         self.order.append(site.name)
         if site.name == self.site:
-            # Nothing of the forward runs after the split site, so its value stays as it is.
+            # Nothing runs after this, so nothing can change it: no copy needed.
             self.activations[site.name] = tensor.detach()
             self.split_path = path
             raise SplitExit(self)
-        # A banked site fired earlier: copy it now, before the forward can change it in place.
+        # The forward goes on and may change this tensor in place (x += ...): keep a copy.
         self.activations[site.name] = tensor.detach().clone()
 
 
+@not_traced
 def run_until(
     model: Any, site: str, *args: Any, bank: Iterable[str] = (), **kwargs: Any
 ) -> EarlyOutput:
@@ -64,6 +75,8 @@ def run_until(
     forward ends without ``site`` firing.
     """
     core = core_of(model, "run_until")
+    if isinstance(bank, str):  # one name, not its characters
+        bank = [bank]
     observer = SplitObserver(site, bank)
     for name in observer.watched:
         if name not in core.sites:
@@ -81,6 +94,7 @@ def run_until(
             type(model).__name__,
             output_path=list(observer.split_path),
             fingerprint=cached_fingerprint(model),
+            inputs=input_shapes(model, args, kwargs),
             source=weakref.ref(model),
         )
     raise SiteNeverFiredError(
