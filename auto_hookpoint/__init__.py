@@ -58,6 +58,9 @@ _EXPORTS: dict[str, str] = {
     # errors
     "AutoHookError": "auto_hookpoint.errors",
     "HookFunctionError": "auto_hookpoint.errors",
+    "HookResultError": "auto_hookpoint.errors",
+    "BackwardHookLostError": "auto_hookpoint.errors",
+    "StructureChangedError": "auto_hookpoint.errors",
     "UnknownHookNameError": "auto_hookpoint.errors",
     "ReadOnlySiteError": "auto_hookpoint.errors",
     "SiteNeverFiredError": "auto_hookpoint.errors",
@@ -103,9 +106,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from auto_hookpoint.core.sites import Site, SiteKind
     from auto_hookpoint.errors import (
         AutoHookError,
+        BackwardHookLostError,
         CompiledBeforeHookingError,
         EarlyOutputError,
         HookFunctionError,
+        HookResultError,
         NameClashError,
         NameClashWarning,
         ReadOnlySiteError,
@@ -113,6 +118,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SiteNeverFiredError,
         SplitConnectionError,
         SplitServerError,
+        StructureChangedError,
         UnknownHookNameError,
     )
     from auto_hookpoint.hooked import HookedModule, auto_hook, unwrap

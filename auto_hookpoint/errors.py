@@ -41,6 +41,22 @@ class HookFunctionError(AutoHookError, RuntimeError):
     """
 
 
+class HookResultError(AutoHookError, ValueError):
+    """A hook returned something other than None or a tensor like the one it was given
+    (same shape, dtype and device); the message names the hook, the site, what came back
+    and what was expected."""
+
+
+class BackwardHookLostError(AutoHookError, RuntimeError):
+    """Raised in the backward pass: a site's backward hooks could not see the gradient
+    there (its tensor is a view that the model changed in place afterwards)."""
+
+
+class StructureChangedError(AutoHookError, RuntimeError):
+    """The model's modules or parameters changed since auto_hook found its sites, in a
+    way the sites cannot follow; ``model.setup()`` finds them again."""
+
+
 class SiteNeverFiredError(AutoHookError, RuntimeError):
     """run_until's split site did not fire before the forward ended."""
 

@@ -22,7 +22,7 @@ import functools
 import logging
 import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
@@ -97,7 +97,41 @@ class SiteDict(dict[str, HookPoint]):
 
     core: HookCore | None = None
 
+    # Listing the sites first finds them again if the model changed since (new modules
+    # get sites; see HookCore.sync): one attribute check when it did not.
+    def _current(self) -> None:
+        if self.core is not None and self.core.stale:
+            self.core.sync(strict=False)
+
+    def __iter__(self) -> Iterator[str]:
+        self._current()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._current()
+        return super().__len__()
+
+    def __contains__(self, name: object) -> bool:
+        self._current()
+        return super().__contains__(name)
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        self._current()
+        return super().keys()
+
+    def values(self) -> ValuesView[HookPoint]:  # type: ignore[override]
+        self._current()
+        return super().values()
+
+    def items(self) -> ItemsView[str, HookPoint]:  # type: ignore[override]
+        self._current()
+        return super().items()
+
     def __missing__(self, name: str) -> HookPoint:
+        if self.core is not None and self.core.stale:  # a site of a module added since?
+            self.core.sync(strict=False)
+            if super().__contains__(name):
+                return super().__getitem__(name)
         site = self.core.leaf_site(name) if self.core is not None else None
         if site is None:
             raise UnknownHookNameError(name, self.keys())
@@ -144,11 +178,18 @@ class HookedModule:
                 return super().__call__(*args, **kwargs)  # type: ignore[misc]  # as it is
             return _call_from_compiled_code(self, args, kwargs)  # a graph break, then this
         guard_hooks_when_compiling()  # again, after a torch._dynamo.reset()
+        core = self.__dict__[_CORE]
+        if core.sync_before_call:  # the model changed while hooks were active: follow first
+            core.sync()  # (or refuse, if a site holding hooks is gone)
         enclosing = enter_call()
         try:
-            if watched_by_untraced_observer(self.__dict__[_CORE]):
+            if watched_by_untraced_observer(core):
                 return _run_eagerly(self._call_impl, *args, **kwargs)  # type: ignore[attr-defined]
             output = super().__call__(*args, **kwargs)  # type: ignore[misc]
+        except BaseException as error:
+            if not isinstance(error, Exception):  # torch's always-called hooks did not run
+                core.give_back_lent()
+            raise
         finally:
             exit_call(enclosing)
         if isinstance(output, StopForward):  # caught in compiled code by the forward
@@ -247,6 +288,57 @@ class HookedModule:
         finally:
             if clear_contexts:
                 HookedRootModule.clear_contexts(self)  # type: ignore[arg-type]
+
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict[str, torch.Tensor], list[Any], list[Any]]:
+        """TransformerLens' caching hooks, except that each stores a copy of the value its
+        site fired with (TransformerLens keeps a view, which a later in-place op in the
+        forward rewrites), and a name in ``names_filter`` that is not a site raises
+        ``UnknownHookNameError``. TransformerLens' ``run_with_cache`` (with ``incl_bwd``),
+        ``add_caching_hooks``, ``cache_all`` and ``cache_some`` all use these."""
+        core = core_of(self)
+        names = resolve_names_filter(names_filter, core.sites, core.leaf_site)
+        # HookedRootModule's, named (as in run_with_cache): super() could reach one of the
+        # model's own class, which stands after HookedModule.
+        cache, fwd, bwd = HookedRootModule.get_caching_hooks(
+            self,  # type: ignore[arg-type]
+            names,
+            incl_bwd,
+            device,  # type: ignore[arg-type]
+            remove_batch_dim,
+            cache,
+            pos_slice,
+        )
+        return (
+            cache,
+            [(n, _storing_a_copy(h)) for n, h in fwd],
+            [(n, _storing_a_copy(h)) for n, h in bwd],
+        )
+
+    def add_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """TransformerLens' ``add_caching_hooks``, with :meth:`get_caching_hooks`' hooks."""
+        cache, fwd, bwd = HookedModule.get_caching_hooks(
+            self, names_filter, incl_bwd, device, remove_batch_dim, cache
+        )
+        for name, hook in fwd:
+            self.mod_dict[name].add_hook(hook, dir="fwd")
+        for name, hook in bwd:
+            self.mod_dict[name].add_hook(hook, dir="bwd")
+        return cache
 
     @not_traced
     def run_until(self, site: str, *args: Any, bank: Any = (), **kwargs: Any) -> EarlyOutput:
@@ -568,6 +660,8 @@ def _detach(model: nn.Module) -> None:
         core.close()
         core.tables = ()
         for name, (old_name, kept) in hand_placed.items():
+            if name not in core.sites:
+                continue  # its module was removed from the model since
             hook_point = core.sites[name].hook_point
             for handles in (hook_point.fwd_hooks, hook_point.bwd_hooks):
                 for handle in [h for h in handles if not any(h is k for k in kept)]:
@@ -578,6 +672,16 @@ def _detach(model: nn.Module) -> None:
         state.pop(name, None)
     state.update(saved)
     model.__class__ = type(model).__dict__.get("__auto_hook_original__", type(model))
+
+
+def _storing_a_copy(save_hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A TransformerLens caching hook that is handed a copy of the value, not the value."""
+
+    @functools.wraps(save_hook)
+    def save_copy(tensor: torch.Tensor, hook: HookPoint) -> Any:
+        return save_hook(tensor.detach().clone(), hook=hook)
+
+    return save_copy
 
 
 def _compose(original: type[nn.Module], namespace: dict[str, Any]) -> type[Any]:

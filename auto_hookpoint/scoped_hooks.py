@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from transformer_lens.hook_points import HookPoint, LensHandle
 
+from auto_hookpoint.core.attached import core_of
 from auto_hookpoint.core.context import ACTIVE_SCOPES, HookScope
 
 HookSpec = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
@@ -77,10 +78,11 @@ def scoped_hooks(
         model.context_level -= 1
         if reset_hooks_end:
             for hook_point, handle, direction in added:
-                handle.hook.remove()
                 handles = hook_point.fwd_hooks if direction == "fwd" else hook_point.bwd_hooks
                 if handle in handles:
                     handles.remove(handle)
+                # Last: the core, told of the removal, sees whether the site still holds any.
+                handle.hook.remove()
         if clear_contexts:
             for hook_point in {id(h): h for h, _, _ in added}.values():
                 hook_point.clear_context()
@@ -89,4 +91,5 @@ def scoped_hooks(
 def _hook_points(model: Any, name: str | Callable[[str], bool]) -> list[HookPoint]:
     if isinstance(name, str):
         return [model.mod_dict[name]]  # an unknown name raises, naming the closest
+    core_of(model, "hooks")  # the sites are current (the model may have changed since)
     return [hp for site_name, hp in model.hook_dict.items() if name(site_name)]

@@ -47,11 +47,13 @@ class SiteRecord:
 
 class _Recorder(Observer):
     def __init__(self) -> None:
-        self.fired: dict[str, list[torch.Tensor]] = {}
+        # Shape and dtype as the site fired (not the tensor, which the forward may
+        # still change in place or resize).
+        self.fired: dict[str, list[tuple[tuple[int, ...], torch.dtype]]] = {}
         self.silent: set[str] = set()
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
-        self.fired.setdefault(site.name, []).append(tensor)
+        self.fired.setdefault(site.name, []).append((tuple(tensor.shape), tensor.dtype))
 
     def on_no_tensor(self, site: Site, output: Any) -> None:
         self.silent.add(site.name)
@@ -72,7 +74,6 @@ def describe_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[SiteReco
             status = SiteStatus.NO_TENSOR
         else:
             status = SiteStatus.NOT_CALLED
-        first = seen[0] if seen else None
         records.append(
             SiteRecord(
                 name=name,
@@ -81,8 +82,8 @@ def describe_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[SiteReco
                 module_type=site.module_type,
                 status=status,
                 calls=len(seen),
-                shapes=[tuple(t.shape) for t in seen],
-                dtype=first.dtype if first is not None else None,
+                shapes=[shape for shape, _ in seen],
+                dtype=seen[0][1] if seen else None,
             )
         )
     return records

@@ -121,6 +121,37 @@ class WithNonTensorOutput(nn.Module):
         return self.lin(x) * rows
 
 
+class ResidualBlock(nn.Module):
+    """torchvision's BasicBlock pattern: in-place ReLU and ``out += identity`` rewrite
+    tensors that submodules returned earlier in the same forward."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResidualNet(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(ResidualBlock(width), ResidualBlock(width))
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 # ------------------------------------------------ outputs and dtypes users bring
 @dataclasses.dataclass
 class Prediction:

@@ -22,11 +22,15 @@ def is_hooked(model: Any) -> bool:
 
 
 def core_of(model: Any, caller: str = "this function") -> HookCore:
-    """The hook core of a model returned by ``auto_hook``; a TypeError saying so otherwise."""
+    """The hook core of a model returned by ``auto_hook``; a TypeError saying so otherwise.
+
+    If the model's structure changed since its sites were found, they are found again
+    first (see ``HookCore.sync``), so that every name the caller resolves is current."""
     core = getattr(model, "__dict__", {}).get(CORE_ATTRIBUTE)
     if core is None:
         raise TypeError(
             f"{caller} takes a model returned by auto_hook(...); this "
             f"{type(model).__name__} is not hooked. Call auto_hook(model) first."
         )
+    core.sync(strict=False)  # a change that loses hooked sites raises when the model runs
     return core  # type: ignore[no-any-return]

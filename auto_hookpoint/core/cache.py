@@ -4,6 +4,10 @@ It stores what TransformerLens' caching hook stores (the activation detached, mo
 ``device``, batch dim removed on request, ``pos_slice`` applied on the position
 dimension) under the site name, without adding a hook to any HookPoint, so it costs
 less and is visible only to the thread or task that runs the cached forward.
+
+Unlike TransformerLens, which keeps a detached *view*, each value is a copy taken when
+the site fires: a later in-place op in the forward (``out += identity``,
+``ReLU(inplace=True)``) cannot rewrite what was cached.
 """
 
 from __future__ import annotations
@@ -89,15 +93,14 @@ class CacheObserver(Observer):
 
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         stored = tensor.detach()
-        if self.device is not None:
-            stored = stored.to(self.device)
         if self.remove_batch_dim:
             stored = drop_batch_dim(stored)
         if self.pos_slice is not None:
             pos_dim = -3 if site.name.endswith(_HEAD_SUFFIXES) else -2
             if stored.dim() >= -pos_dim:
                 stored = self.pos_slice.apply(stored, dim=pos_dim)
-        self.cache[site.name] = stored
+        # Sliced first, so only what is kept is copied; copied always (see above).
+        self.cache[site.name] = stored.to(self.device, copy=True)
 
 
 def cached_forward(

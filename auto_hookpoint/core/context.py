@@ -59,7 +59,6 @@ ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
 )
 
 
-
 class _ThisCall(threading.local):
     """Per thread, while a call of a hooked model runs: the caller's value of each
     CallCopied ContextVar. Outside any call, or in a thread that never made one, each
@@ -77,6 +76,7 @@ class _Seen(threading.local):
     a thread that never made one: dynamo evaluates its guards on ``visible`` there)."""
 
     visible: bool | None = None
+
 
 _scopes_lock = threading.Lock()
 _live_scopes: tuple[HookScope, ...] = ()  # replaced, never mutated: readers need no lock

@@ -16,31 +16,41 @@ muted in the current context (a block that ``resume_from`` skips) fires none of 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from auto_hookpoint.core import compile_guards
+from auto_hookpoint.core import compile_guards, structure_watch
 from auto_hookpoint.core.context import active_observers
 from auto_hookpoint.core.lending import ParameterLending
 from auto_hookpoint.core.muting import is_muted
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
 from auto_hookpoint.core.site_hook_point import SiteHookPoint
-from auto_hookpoint.core.sites import Site, SiteKind, SiteView, discover_sites
+from auto_hookpoint.core.sites import (
+    Site,
+    SiteKind,
+    SiteView,
+    discover_sites,
+    has_output_site,
+    site_name,
+)
 from auto_hookpoint.core.structure import Path, find_primary, get_at, replace_at
-from auto_hookpoint.errors import ReadOnlySiteError
+from auto_hookpoint.errors import ReadOnlySiteError, StructureChangedError
 
 
 class _ModuleHooks:
     """The sites of one module and the torch hooks currently placed for them."""
 
-    def __init__(self, core: HookCore, module: nn.Module):
+    def __init__(self, core: HookCore, module: nn.Module, path: str = ""):
         self.core = core
         self.module = module
+        self.path = path
         self.output_sites: list[Site] = []
         self.leaf_sites: list[Site] = []
         self.input_sites: list[Site] = []
@@ -229,14 +239,21 @@ def _fire_view(
         for observer in observers:
             observer.on_output(site, shown, path)
         return tensor
-    version = shown._version  # bumped by any in-place edit
-    if view.write_back is None and hook_point._backward_hooks:
+    assert isinstance(hook_point, SiteHookPoint)  # (hooked says so)
+    backward = hook_point.has_backward_hooks()
+    if view.write_back is None and backward:
         raise ReadOnlySiteError(
             f"{site.name!r} has no gradient of its own here, so a backward hook there "
             f"would never run: {view.read_only_reason or 'its value is computed for reading'}"
         )
+    if backward:
+        # Backward hooks are tensor hooks on what the site passes on (core/grad_hooks.py).
+        # On a view of the module's tensor, which the model may change in place later,
+        # autograd would drop them: they go on a copy, which the model goes on from.
+        shown = shown.clone()
+    version = shown._version  # bumped by any in-place edit
     fired = hook_point(shown)
-    edited = fired is not shown or shown._version != version
+    edited = backward or fired is not shown or shown._version != version
     if edited and view.write_back is None:
         raise ReadOnlySiteError(
             f"a hook replaced or edited {site.name!r}, which can only be read: "
@@ -248,6 +265,25 @@ def _fire_view(
         return tensor
     assert view.write_back is not None
     return view.write_back(tensor, fired)
+
+
+_RENUMBERED = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+@dataclass(frozen=True)
+class _Added:
+    """How a site added after discovery (:meth:`HookCore.add_site`) is made again when
+    the sites follow a structure change: its view, and the module it was explicitly
+    placed on (outside the model's tree; None: the module at its path)."""
+
+    view: SiteView | None
+    module: nn.Module | None
+
+
+def _holds_hooks(hook_point: Any) -> bool:
+    if isinstance(hook_point, SiteHookPoint):
+        return hook_point.holds_hooks()
+    return bool(hook_point.has_hooks() or hook_point._forward_hooks)
 
 
 class HookCore:
@@ -272,6 +308,14 @@ class HookCore:
         self.own_hook_points = [
             site.hook_point for site in self.sites.values() if site.kind is SiteKind.HOOK_POINT
         ]
+        # Structure changes (see structure_watch): sites added after discovery (aliases,
+        # views, probes; name -> how to make them again), whether the sites may no longer
+        # match the model, and whether the next call must find them again first (set
+        # while hooks are active; HookedModule.__call__ asks, eagerly, before the call).
+        self._added: dict[str, _Added] = {}
+        self.stale = False
+        self.sync_before_call = False
+        self._watch_structure()
         compile_guards.track(self)
 
     def _new_hook_point(self, name: str) -> SiteHookPoint:
@@ -282,7 +326,7 @@ class HookCore:
             raise ValueError(f"there is already a site named {site.name!r}")
         hooks = by_module.get(id(site.module))
         if hooks is None:
-            hooks = by_module[id(site.module)] = _ModuleHooks(self, site.module)
+            hooks = by_module[id(site.module)] = _ModuleHooks(self, site.module, site.module_path)
         hooks.add(site)
         self.sites[site.name] = site
         self._site_modules[site.name] = hooks
@@ -309,6 +353,7 @@ class HookCore:
         """
         if kind not in (SiteKind.OUTPUT, SiteKind.INPUT):
             raise ValueError(f"add_site adds OUTPUT or INPUT sites, not {kind}")
+        explicit_module = module
         if module is None:
             module = self.root.get_submodule(module_path)
         site = Site(
@@ -316,6 +361,7 @@ class HookCore:
         )
         with self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
+            self._added[name] = _Added(view, explicit_module)
         return site
 
     def remove_site(self, name: str) -> None:
@@ -324,9 +370,9 @@ class HookCore:
             hook_point = self.sites[name].hook_point
             if isinstance(hook_point, SiteHookPoint):
                 hook_point.remove_hooks("both", including_permanent=True)
-                hook_point._forward_hooks.clear()
-                hook_point._backward_hooks.clear()
+                hook_point.clear_torch_hooks()
             site = self.sites.pop(name)
+            self._added.pop(name, None)
             hooks = self._site_modules.pop(name)
             self.hooked.pop(name, None)
             hooks.observer_counts.pop(name, None)
@@ -367,6 +413,10 @@ class HookCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        # A copy's modules are not watched yet (they may not all exist at this point of
+        # a deepcopy): the first sync (at the latest, the first call) watches them and
+        # finds the sites again.
+        self.stale = self.sync_before_call = True
         compile_guards.track(self)
 
     # ----------------------------------------------------------------- activity
@@ -374,7 +424,23 @@ class HookCore:
         name = hook_point.name
         assert name is not None
         with self._lock:
-            if hook_point.holds_hooks():
+            held = hook_point.holds_hooks()
+            site = self.sites.get(name)
+            if self.stale or site is None or site.hook_point is not hook_point:
+                # Follow the model's structure now if that loses no active site; if it
+                # would, every run raises until those hooks go (see sync).
+                with contextlib.suppress(StructureChangedError):
+                    self._follow_structure()
+                site = self.sites.get(name)
+            if site is None or site.hook_point is not hook_point:
+                if held:
+                    raise StructureChangedError(
+                        f"{name!r} is no longer a site of this model (the model changed "
+                        "since this HookPoint was taken from hook_dict), so a hook on it "
+                        "could never fire. Take the HookPoint from model.hook_dict again."
+                    )
+                return
+            if held:
                 self.hooked[name] = hook_point
             else:
                 self.hooked.pop(name, None)
@@ -407,6 +473,7 @@ class HookCore:
     def observing(self, observer: Observer, names: Iterable[str]) -> _Observing:
         """Make ``observer`` see the sites ``names`` in this context only, until exit."""
         watched = frozenset(names)
+        self.sync()
         sites = self.sites
         for name in watched:
             if name not in sites:
@@ -433,6 +500,13 @@ class HookCore:
             for hooks in touched.values():
                 self._refresh(hooks)
 
+    def give_back_lent(self) -> None:
+        """Give every module back the real parameters lent to it (after a
+        ``KeyboardInterrupt`` or ``SystemExit`` ended a call; see core/lending.py)."""
+        with self._lock:
+            for hooks in self._all_module_hooks():
+                hooks.lending.give_back_all()
+
     def installed_hook_count(self) -> int:
         """How many torch hooks the core has on the model right now (0 when idle)."""
         with self._lock:
@@ -448,14 +522,149 @@ class HookCore:
             for site in self.sites.values():
                 if isinstance(site.hook_point, SiteHookPoint):
                     site.hook_point.remove_hooks("both", including_permanent=True)
-                    # Hooks registered without add_hook are not in TL's lists.
-                    site.hook_point._forward_hooks.clear()
-                    site.hook_point._forward_pre_hooks.clear()
-                    site.hook_point._backward_hooks.clear()
+                    site.hook_point.clear_torch_hooks()
             for hooks in self._all_module_hooks():
                 hooks.observer_counts.clear()
                 hooks.enter_watchers = 0
                 self._refresh(hooks)
+            self.sync_before_call = False
+            structure_watch.unwatch(self, list(self.root.modules()))
+
+    # ------------------------------------------------------- structure changes
+    def mark_stale(self) -> None:
+        """The model's modules or parameters changed (told by structure_watch): find the
+        sites again before the next use, and before the next call if hooks are active."""
+        with self._lock:
+            self.stale = True
+            busy = self.installed_hook_count() > 0 or any(
+                _holds_hooks(hp) for hp in self.own_hook_points
+            )
+            if busy:
+                self.sync_before_call = True
+
+    def _watch_structure(self) -> None:
+        modules = list(self.root.modules())
+        structure_watch.watch(self, modules)
+        # Deleting an item of a ModuleList, Sequential or ModuleDict registers nothing
+        # (and renumbers the rest): each one's table of children is compared instead.
+        self._containers = [
+            (m, m._modules, len(m._modules)) for m in modules if isinstance(m, _RENUMBERED)
+        ]
+
+    def _containers_changed(self) -> bool:
+        return any(m._modules is not d or len(d) != n for m, d, n in self._containers)
+
+    def sync(self, strict: bool = True) -> None:  # cheap when nothing changed: every run calls it
+        """Find the sites again if the model changed since they were found: sites follow
+        their module path (a replaced module's hooks and observers move to the new one;
+        new modules and parameters get sites). If a site that holds hooks or is observed
+        no longer exists, nothing changes, every call of the model raises, and so does
+        this (unless ``strict=False``): StructureChangedError."""
+        if self.stale or self._containers_changed():
+            with self._lock:
+                if self.stale or self._containers_changed():
+                    try:
+                        self._follow_structure()
+                    except StructureChangedError:
+                        if strict:
+                            raise
+
+    def _follow_structure(self) -> None:
+        self.stale = True
+        if any(h.lending.lending_now() for h in self._all_module_hooks()):
+            return  # a call is running with lent parameters: after it, not under it
+        reuse = {
+            n: s.hook_point for n, s in self.sites.items() if s.kind is not SiteKind.HOOK_POINT
+        }
+        fresh = {
+            site.name: site
+            for site in discover_sites(
+                self.root, lambda name: reuse.get(name) or self._new_hook_point(name), self.inputs
+            )
+        }
+        for name, old in self.sites.items():  # sites made after discovery: aliases, leaves
+            added = self._added.get(name)
+            if name in fresh or (added is None and old.kind is not SiteKind.LEAF):
+                continue
+            module = self._module_now(old, added, fresh)
+            if module is not None:
+                fresh[name] = Site(
+                    name, old.kind, module, old.module_path,
+                    hook_point=old.hook_point, leaf_path=old.leaf_path, view=old.view,
+                )  # fmt: skip
+        lost = [
+            name
+            for name, old in self.sites.items()
+            if name not in fresh
+            and (_holds_hooks(old.hook_point) or self._site_modules[name].observer_counts.get(name))
+        ]
+        if lost:
+            self.sync_before_call = True
+            raise StructureChangedError(
+                f"the model changed since auto_hook found its sites: {sorted(lost)[:5]} no "
+                "longer exist (their module was replaced or removed, or their parameter "
+                "renamed, as pruning and parametrize do), yet hold hooks or are observed, "
+                "which could never fire again. Remove those hooks "
+                "(model.reset_hooks(including_permanent=True)), or call model.setup() to "
+                "find the sites again (it removes all hooks)."
+            )
+        old_hooks = self._all_module_hooks()
+        old_counts = {n: h.observer_counts.get(n, 0) for n, h in self._site_modules.items()}
+        watchers = {h.path: h.enter_watchers for h in old_hooks}
+        for hooks in old_hooks:  # every torch hook comes off; _refresh puts back what is due
+            for handle in (hooks.output_handle, hooks.pre_handle):
+                if handle is not None:
+                    handle.remove()
+            hooks.output_handle = hooks.pre_handle = None
+            hooks.lending.remove()  # (puts back what accelerate had, on a dispatched module)
+            # A torch hook of this call taken before now finds nothing left to do.
+            hooks.output_sites, hooks.leaf_sites, hooks.input_sites = [], [], []
+            hooks.param_sites.clear()  # the lending's own list
+        self.sites, self._site_modules = {}, {}
+        for table in self.tables:
+            table.clear()
+        by_module: dict[int, _ModuleHooks] = {}
+        for site in fresh.values():
+            if site.kind is SiteKind.HOOK_POINT:
+                site.hook_point.name = site.name
+            self._register(site, by_module)
+        self.own_hook_points = [
+            s.hook_point for s in self.sites.values() if s.kind is SiteKind.HOOK_POINT
+        ]
+        self.hooked = {n: hp for n, hp in self.hooked.items() if n in self.sites}
+        for hooks in by_module.values():
+            hooks.enter_watchers = watchers.get(hooks.path, 0)
+            for site in (
+                hooks.output_sites + hooks.leaf_sites + hooks.input_sites + hooks.param_sites
+            ):
+                if old_counts.get(site.name):
+                    hooks.observer_counts[site.name] = old_counts[site.name]
+            self._refresh(hooks)
+        self._watch_structure()
+        self.stale = False
+        self.sync_before_call = False
+
+    def _module_now(
+        self, old: Site, added: _Added | None, fresh: dict[str, Site]
+    ) -> nn.Module | None:
+        """Where a site made after discovery belongs now, or None if nowhere."""
+        if added is not None and added.module is not None:
+            return added.module  # placed on a module outside the model's tree: it stays
+        if old.kind is SiteKind.LEAF:
+            owner = fresh.get(site_name(old.module_path))
+            return None if owner is None else owner.module
+        module = self._module_at(old.module_path)
+        if module is None:
+            return None
+        if module is not old.module and not has_output_site(module, old.module_path):
+            return None
+        return module
+
+    def _module_at(self, path: str) -> nn.Module | None:
+        try:
+            return self.root.get_submodule(path)
+        except AttributeError:
+            return None
 
     def observers_of(self, site: Site) -> list[Observer]:
         return [

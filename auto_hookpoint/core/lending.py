@@ -20,7 +20,15 @@ Where the lending happens, and why:
   very object accelerate had there is put back when none is (also by ``unwrap``).
 
 Lent tensors are plain tensors; the real ``Parameter`` is back in ``_parameters`` as soon
-as the call ends, whatever happened in it.
+as the call ends, whatever happened in it: torch runs always-called hooks for an
+``Exception`` only, so for a ``KeyboardInterrupt`` (Ctrl-C in a notebook) or
+``SystemExit`` the hooked model's call gives back whatever is still lent
+(:meth:`ParameterLending.give_back_all`, from ``HookedModule.__call__``).
+
+The lending pre-hook runs before the module's other pre-hooks, which may compute with
+the parameters (pruning's computes ``weight = weight_orig * mask``); in a call nested in
+another call of the same module, the site still sees the real parameter, not what the
+outer call was lent.
 """
 
 from __future__ import annotations
@@ -53,9 +61,11 @@ class ParameterLending:
         self._handles: tuple[RemovableHandle, RemovableHandle] | None = None
         self._give_back_id: int | None = None  # kept, to place the hook again under this id
         self._wrapper: _LendingForward | None = None
-        # What each call in flight has lent (name -> real parameter); a stack, because a
-        # module may be called again from inside its own forward.
+        # One frame per call in flight, from the pre-hook (a stack, because a module may
+        # be called again from inside its own forward); and every frame, of either route,
+        # that holds lent parameters now (name -> real parameter).
         self._frames: list[dict[str, Any]] = []
+        self._lent: list[dict[str, Any]] = []
 
     def place(self) -> None:
         """Lend on every call of the module from now on (idempotent)."""
@@ -64,7 +74,8 @@ class ParameterLending:
             # prepend: the real parameters are back before any output hook runs.
             give_back = _always_called_first(module, self._after_call, self._give_back_id)
             self._give_back_id = give_back.id
-            self._handles = (module.register_forward_pre_hook(self._before_call), give_back)
+            lend = module.register_forward_pre_hook(self._before_call, prepend=True)
+            self._handles = (lend, give_back)
         self._wrap_accelerate_forward()
 
     def remove(self) -> None:
@@ -86,23 +97,50 @@ class ParameterLending:
         """Torch hooks placed, plus one for a lending forward inside accelerate's."""
         return (2 if self._handles is not None else 0) + (self._wrapper is not None)
 
+    def lending_now(self) -> bool:
+        """Whether a call of the module is running with lent parameters."""
+        return bool(self._lent)
+
     def lend(self, frame: dict[str, Any]) -> None:
         """Fire each site and put what came back in ``_parameters``; ``frame`` records the
         real parameters as it goes, so that giving back is complete even if a hook raises."""
         parameters = self.module._parameters
+        enclosing = self._lent
+        enclosing.append(frame)
         for site in self.sites:
             name = site.param_name
             assert name is not None
             param = parameters.get(name)
             if param is None:
                 continue
-            shown = self.firer.fire_parameter(site, param)
+            # In a call nested in one that lent this parameter, _parameters holds what
+            # the outer call was lent: the site still sees the real one.
+            real = param
+            for outer in enclosing:
+                if name in outer:
+                    real = outer[name]
+                    break
+            shown = self.firer.fire_parameter(site, real)
             if shown is not param:
                 frame[name] = param
                 parameters[name] = shown
 
     def give_back(self, frame: dict[str, Any]) -> None:
         self.module._parameters.update(frame)
+        frame.clear()
+        lent = self._lent
+        for index in range(len(lent) - 1, -1, -1):  # the innermost first: usually the last
+            if lent[index] is frame:
+                del lent[index]
+                break
+
+    def give_back_all(self) -> None:
+        """Give back everything still lent, innermost first, and forget the calls' frames:
+        a ``KeyboardInterrupt`` or ``SystemExit`` ended them, and torch runs no
+        always-called hook for those."""
+        while self._lent:
+            self.give_back(self._lent[-1])
+        self._frames.clear()
 
     def _wrap_accelerate_forward(self) -> None:
         if self._wrapper is None and accelerate_forward(self.module):

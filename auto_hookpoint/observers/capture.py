@@ -8,10 +8,13 @@
 Names are exact site names, globs or a predicate. In a glob ``*`` matches within one
 dotted segment (``model.layers.*.hook_point``: each layer's output) and ``**`` across
 segments (``model.layers.**.hook_point``: every site inside the layers). Each
-activation is detached (unless ``detach=False``), optionally moved/cast with
-``device``/``dtype`` and cut to ``positions`` (an int, slice or list) along
-``pos_dim``. With ``append=True`` every call is kept (generation steps), else the last.
-Visible only to the thread or task that entered it.
+activation is a copy of the value the site fired with, taken at that moment (a later
+in-place op in the forward does not change it), detached (unless ``detach=False``: then
+a differentiable copy, through which gradients reach the model), optionally cut to
+``positions`` (an int, slice or list) along ``pos_dim`` and moved/cast with
+``device``/``dtype`` (the dtype applies to floating-point values; integer and boolean
+tensors keep theirs). With ``append=True`` every call is kept (generation steps), else
+the last. Visible only to the thread or task that entered it.
 """
 
 from __future__ import annotations
@@ -106,8 +109,6 @@ class Captured(Observer, Mapping[str, Any]):
     def on_output(self, site: Site, tensor: Any, path: Path = ()) -> None:
         if self.detach:
             tensor = tensor.detach()
-        if self.device is not None or self.dtype is not None:
-            tensor = tensor.to(device=self.device, dtype=self.dtype)
         if self.positions is not None and tensor.dim() > self.pos_dim:
             index = self.positions
             if isinstance(index, int):
@@ -118,6 +119,12 @@ class Captured(Observer, Mapping[str, Any]):
                 tensor = tensor.index_select(
                     self.pos_dim, torch.as_tensor(index, device=tensor.device)
                 )
+        # A copy of what the site produced, taken now (after cutting, so only what is
+        # kept is copied): a later in-place op in the forward cannot rewrite it. The
+        # dtype applies to floating-point values only: token ids and masks stay as
+        # they are.
+        dtype = self.dtype if tensor.is_floating_point() else None
+        tensor = tensor.to(device=self.device, dtype=dtype, copy=True)
         if self.append:
             self._store.setdefault(site.name, []).append(tensor)
         else:
