@@ -59,7 +59,6 @@ ACTIVE_SCOPES: ContextVar[frozenset[HookScope]] = ContextVar(
 )
 
 
-
 class _ThisCall(threading.local):
     """Per thread, while a call of a hooked model runs: the caller's value of each
     CallCopied ContextVar. Outside any call, or in a thread that never made one, each
@@ -77,6 +76,7 @@ class _Seen(threading.local):
     a thread that never made one: dynamo evaluates its guards on ``visible`` there)."""
 
     visible: bool | None = None
+
 
 _scopes_lock = threading.Lock()
 _live_scopes: tuple[HookScope, ...] = ()  # replaced, never mutated: readers need no lock
@@ -201,6 +201,13 @@ def _mark_scopes(active: frozenset[HookScope] | None) -> None:
 def active_observers() -> ActiveObservers:
     """The observers of the current context: (core, observer, watched site names) each."""
     return OBSERVERS.get()
+
+
+def copied_for_this_call() -> bool:
+    """Whether a call of a hooked model runs in this thread, with its context copied: then
+    the copy, not state other threads share, says who watches (read while dynamo traces,
+    it is what dynamo guards on)."""
+    return getattr(_THIS_CALL, OBSERVERS.attr) is not _NO_COPY
 
 
 def watched_by_untraced_observer(core: Any) -> bool:

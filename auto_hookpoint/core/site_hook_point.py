@@ -21,6 +21,7 @@ from typing import Any
 from torch.utils.hooks import RemovableHandle
 from transformer_lens.hook_points import HookPoint
 
+from auto_hookpoint.core.compile_guards import changing_hooks
 from auto_hookpoint.errors import HookFunctionError
 
 _PLAIN_STATE = frozenset({"fwd_hooks", "bwd_hooks", "ctx"})
@@ -67,14 +68,19 @@ class SiteHookPoint(HookPoint):
         if self.ctx:
             super().clear_context()
 
+    # Compiled code is traced from and guards on these hook dicts: they change only
+    # while no other thread compiles (see compile_guards.changing_hooks).
     def register_forward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
-        return self._notifying(super().register_forward_hook(*args, **kwargs))
+        with changing_hooks():
+            return self._notifying(super().register_forward_hook(*args, **kwargs))
 
     def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
-        return self._notifying(super().register_forward_pre_hook(*args, **kwargs))
+        with changing_hooks():
+            return self._notifying(super().register_forward_pre_hook(*args, **kwargs))
 
     def register_full_backward_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
-        return self._notifying(super().register_full_backward_hook(*args, **kwargs))
+        with changing_hooks():
+            return self._notifying(super().register_full_backward_hook(*args, **kwargs))
 
     def _notifying(self, handle: RemovableHandle) -> RemovableHandle:
         self._on_change(self)
@@ -91,8 +97,9 @@ class _NotifyingHandle(RemovableHandle):
         self.hook_point = hook_point
 
     def remove(self) -> None:
-        self.inner.remove()
-        self.hook_point._on_change(self.hook_point)
+        with changing_hooks():
+            self.inner.remove()
+            self.hook_point._on_change(self.hook_point)
 
     # RemovableHandle's own pickling keeps only its fields; keep ours (for deepcopy).
     def __getstate__(self) -> Any:
