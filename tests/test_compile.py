@@ -449,11 +449,6 @@ def test_a_new_input_shape_does_not_make_a_removed_hook_fire() -> None:
 
 
 # ------------------------------------------------------------------ threads
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, being fixed: about one run in six, a cache taken in one thread "
-    "while others call the same compiled model misses its site (KeyError)",
-)
 def test_threads_sharing_a_compiled_model_see_only_their_own_hooks() -> None:
     model, reference = auto_hook(copy.deepcopy(BASE)), auto_hook(copy.deepcopy(BASE))
     model.compile(backend=CompileCounter())
@@ -489,6 +484,58 @@ def test_threads_sharing_a_compiled_model_see_only_their_own_hooks() -> None:
         assert len(results[name]) == 30
         for got in results[name]:
             assert_same(expected[name], got, name)
+
+
+class _Meanwhile(CompileCounter):
+    """A backend that runs ``meanwhile`` once, after dynamo has traced a frame and before
+    it builds the frame's guards: where another thread's hook change used to slip in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], None] | None = None
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        job, self.meanwhile = self.meanwhile, None
+        if job is not None:
+            job()
+        return super().__call__(gm, example_inputs)
+
+
+def test_a_hook_placed_by_another_thread_while_one_compiles_waits_for_the_compilation() -> None:
+    """Dynamo builds guards from the state it finds after tracing: a hook (or cache) begun
+    in another thread meanwhile placed its torch hook, so code traced without it got guards
+    expecting it,
+    and the next run_with_cache reused that code and cached nothing (the race behind the
+    KeyError of the test above, once in six runs). The hook change now waits."""
+    model = auto_hook(copy.deepcopy(BASE))
+    backend = _Meanwhile()
+    model.compile(backend=backend)
+    watching, done = threading.Event(), threading.Event()
+
+    def hook_in_another_thread() -> None:  # a hook that only this thread's calls see
+        with model.hooks(fwd_hooks=[(MLP, lambda tensor, hook: None)]):
+            watching.set()
+            done.wait()
+
+    other = threading.Thread(target=hook_in_another_thread)
+
+    def start_other_thread() -> None:
+        other.start()
+        watching.wait(0.3)  # at once without the fix; with it, it waits for this compile
+
+    backend.meanwhile = start_other_thread
+    try:
+        with torch.no_grad():
+            model(IDS)  # plain: traced with no hook on the MLP
+            watching.wait()
+            _, cache = model.run_with_cache(IDS, names_filter=MLP)
+    finally:
+        done.set()
+        other.join()
+    assert MLP in cache, "the cache ran code traced without its site's hook"
+    with torch.no_grad():
+        expected = auto_hook(copy.deepcopy(BASE)).run_with_cache(IDS, names_filter=MLP)[1]
+    torch.testing.assert_close(cache[MLP], expected[MLP])
 
 
 def test_the_state_compiled_guards_read_exists_in_every_thread() -> None:

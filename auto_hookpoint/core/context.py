@@ -203,6 +203,13 @@ def active_observers() -> ActiveObservers:
     return OBSERVERS.get()
 
 
+def copied_for_this_call() -> bool:
+    """Whether a call of a hooked model runs in this thread, with its context copied: then
+    the copy, not state other threads share, says who watches (read while dynamo traces,
+    it is what dynamo guards on)."""
+    return getattr(_THIS_CALL, OBSERVERS.attr) is not _NO_COPY
+
+
 def watched_by_untraced_observer(core: Any) -> bool:
     """Whether an observer whose callbacks cannot be traced (``Observer.traced`` unset)
     watches a site of ``core`` in the call now running."""

@@ -10,7 +10,8 @@ Per module it keeps at most one torch hook of each kind:
 
 A module carries these only while one of its sites is *active*: its HookPoint holds a
 hook, or an observer is watching it. Activity changes are counted and applied under a
-lock, so with nothing active the model runs torch's own hook-free fast path. A module
+lock, and never while another thread compiles (``compile_guards.changing_hooks``), so
+with nothing active the model runs torch's own hook-free fast path. A module
 muted in the current context (a block that ``resume_from`` skips) fires none of its sites.
 """
 
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from auto_hookpoint.core import compile_guards, structure_watch
-from auto_hookpoint.core.context import active_observers
+from auto_hookpoint.core.context import active_observers, copied_for_this_call
 from auto_hookpoint.core.lending import ParameterLending
 from auto_hookpoint.core.muting import is_muted
 from auto_hookpoint.core.observers import ACTIVE_OBSERVERS, Observer, StopForward, wants_enter
@@ -148,8 +149,8 @@ class _ModuleHooks:
         call. A call of the hooked model runs eagerly while one watches it, so compiled code
         meets one only in a part compiled on its own (a compiled ``model.forward``, a
         compiled submodule): there the dispatch runs eagerly, a graph break."""
-        if not self.observer_counts:  # no observer anywhere: the context need not be asked
-            return False
+        if not self.observer_counts and not copied_for_this_call():
+            return False  # no observer anywhere: the context need not be asked (a break)
         return any(
             core is self.core
             and not observer.traced
@@ -158,8 +159,13 @@ class _ModuleHooks:
         )
 
     def _watching(self, sites: list[Site]) -> list[tuple[Site, list[Observer]]]:
+        core = self.core
+        if torch.compiler.is_dynamo_compiling() and copied_for_this_call():
+            # Traced code decides from the call's own copy of its context, never from the
+            # counts all threads share: dynamo guards on what the trace read.
+            return [(site, core.observers_of(site)) for site in sites]
         # A site no observer watches, in any context, needs no look at the context.
-        counts, core = self.observer_counts, self.core
+        counts = self.observer_counts
         return [(site, core.observers_of(site) if site.name in counts else []) for site in sites]
 
     def _fire(
@@ -359,14 +365,14 @@ class HookCore:
         site = Site(
             name, kind, module, module_path, hook_point=self._new_hook_point(name), view=view
         )
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
             self._added[name] = _Added(view, explicit_module)
         return site
 
     def remove_site(self, name: str) -> None:
         """Remove a site added with :meth:`add_site`, its hooks and its torch hooks."""
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             hook_point = self.sites[name].hook_point
             if isinstance(hook_point, SiteHookPoint):
                 hook_point.remove_hooks("both", including_permanent=True)
@@ -399,7 +405,7 @@ class HookCore:
             name, SiteKind.LEAF, owner.module, owner.module_path,
             hook_point=self._new_hook_point(name), leaf_path=path,
         )  # fmt: skip
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             self._register(site, {id(h.module): h for h in self._all_module_hooks()})
         return site
 
@@ -423,7 +429,7 @@ class HookCore:
     def _changed(self, hook_point: SiteHookPoint) -> None:
         name = hook_point.name
         assert name is not None
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             held = hook_point.holds_hooks()
             site = self.sites.get(name)
             if self.stale or site is None or site.hook_point is not hook_point:
@@ -448,7 +454,7 @@ class HookCore:
 
     def _refresh(self, hooks: _ModuleHooks) -> None:
         """Place or take away the module's torch hooks to match which sites are active."""
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             want_output = hooks.any_active(hooks.output_sites) or hooks.any_active(hooks.leaf_sites)
             want_params = hooks.any_active(hooks.param_sites)
             want_pre = hooks.enter_watchers > 0 or hooks.any_active(hooks.input_sites)
@@ -482,7 +488,7 @@ class HookCore:
         return _Observing(self, observer, watched)
 
     def _count_observer(self, names: frozenset[str], step: int, enter: bool) -> None:
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             touched: dict[int, _ModuleHooks] = {}
             site_modules = self._site_modules
             for name in names:
@@ -518,7 +524,7 @@ class HookCore:
     def close(self) -> None:
         """Remove every hook from every site and every torch hook of the core."""
         compile_guards.untrack(self)
-        with self._lock:
+        with compile_guards.changing_hooks(), self._lock:
             for site in self.sites.values():
                 if isinstance(site.hook_point, SiteHookPoint):
                     site.hook_point.remove_hooks("both", including_permanent=True)
@@ -561,7 +567,7 @@ class HookCore:
         no longer exists, nothing changes, every call of the model raises, and so does
         this (unless ``strict=False``): StructureChangedError."""
         if self.stale or self._containers_changed():
-            with self._lock:
+            with compile_guards.changing_hooks(), self._lock:  # sites and hooks may move
                 if self.stale or self._containers_changed():
                     try:
                         self._follow_structure()

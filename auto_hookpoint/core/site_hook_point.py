@@ -28,6 +28,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 from transformer_lens.hook_points import HookPoint
 
+from auto_hookpoint.core.compile_guards import changing_hooks
 from auto_hookpoint.core.grad_hooks import attach_grad_hooks
 from auto_hookpoint.core.hook_results import check_hook_result, describe_hook
 from auto_hookpoint.errors import HookFunctionError
@@ -106,26 +107,31 @@ class SiteHookPoint(HookPoint):
         if self.ctx:
             super().clear_context()
 
+    # Compiled code is traced from and guards on these hook dicts: they change only
+    # while no other thread compiles (see compile_guards.changing_hooks).
     def register_forward_hook(
         self, hook: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> RemovableHandle:
         if not getattr(_ADDING, "active", False):
             hook = _checking(hook, self, "fwd")
-        return self._notifying(super().register_forward_hook(hook, *args, **kwargs))
+        with changing_hooks():
+            return self._notifying(super().register_forward_hook(hook, *args, **kwargs))
 
     def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> RemovableHandle:
-        return self._notifying(super().register_forward_pre_hook(*args, **kwargs))
+        with changing_hooks():
+            return self._notifying(super().register_forward_pre_hook(*args, **kwargs))
 
     def register_full_backward_hook(
         self, hook: Callable[..., Any], prepend: bool = False
     ) -> RemovableHandle:
         if not getattr(_ADDING, "active", False):
             hook = _checking(hook, self, "bwd")
-        handle = RemovableHandle(self._grad_hooks)
-        self._grad_hooks[handle.id] = hook
-        if prepend:
-            self._grad_hooks.move_to_end(handle.id, last=False)
-        return self._notifying(handle)
+        with changing_hooks():
+            handle = RemovableHandle(self._grad_hooks)
+            self._grad_hooks[handle.id] = hook
+            if prepend:
+                self._grad_hooks.move_to_end(handle.id, last=False)
+            return self._notifying(handle)
 
     def _notifying(self, handle: RemovableHandle) -> RemovableHandle:
         self._on_change(self)
@@ -142,8 +148,9 @@ class _NotifyingHandle(RemovableHandle):
         self.hook_point = hook_point
 
     def remove(self) -> None:
-        self.inner.remove()
-        self.hook_point._on_change(self.hook_point)
+        with changing_hooks():
+            self.inner.remove()
+            self.hook_point._on_change(self.hook_point)
 
     # RemovableHandle's own pickling keeps only its fields; keep ours (for deepcopy).
     def __getstate__(self) -> Any:
