@@ -11,6 +11,7 @@ test_every_public_name_has_a_row fails, naming it, for an exported name without 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -129,6 +130,8 @@ UNKNOWN = r"is not a hook site of this model .* List them all with `model.hook_d
 NAMES = r"names must be a site name or glob .* a list of them, or a function of the site name"
 
 # "<exported name>: <what is wrong>" -> the error it gets. One line each.
+HAS_SAE_LENS = importlib.util.find_spec("sae_lens") is not None  # the `sae` extra (TL 3 only)
+
 CALLS: dict[str, Bad] = {
     "auto_hook: an object that is not a module": Bad(TypeError, r"takes an nn.Module instance .* or an nn.Module subclass .*got builtins.int", lambda: auto_hook(42)),
     "auto_hook: a class that is not a module": Bad(TypeError, r"int is a class that does not derive from torch.nn.Module", lambda: auto_hook(int)),
@@ -269,7 +272,7 @@ CLI: dict[str, tuple[list[str], int, str]] = {
     "split: a layer the model does not have": (["split", "--layer", "7"], 1, r"^auto-hookpoint split: error: --layer 7: the stack 'model.layers' has 2 blocks; there is no block 7; pick a block from 0 on$"),
     "split: a folder whose model does not load": (["split", _folder_without_weights()], 1, r"^auto-hookpoint split: error: could not load the model in"),
     "train-sae: no steps": (["train-sae", "--steps", "0"], 2, r"argument --steps: 0 is too small: give a whole number >= 1"),
-    "train-sae: an unknown hook": (["train-sae", "--hook", "blocks.1.hook_resid_pst", "--steps", "1"], 1, r"^auto-hookpoint train-sae: error: --hook: 'blocks.1.hook_resid_pst' is not a hook site .*Closest names: 'blocks.1.hook_resid_post'"),
+    "train-sae: an unknown hook": (["train-sae", "--hook", "blocks.1.hook_resid_pst", "--steps", "1"], 1, r"^auto-hookpoint train-sae: error: --hook: 'blocks.1.hook_resid_pst' is not a hook site .*Closest names: 'blocks.1.hook_resid_post'" if HAS_SAE_LENS else r"^auto-hookpoint train-sae: error: train-sae needs sae_lens: pip install 'auto_hookpoint\[sae\]'"),
     "train-sae: --out is a file": (["train-sae", "--out", __file__], 2, r"argument --out: .*test_bad_input.py is a file: give a folder to save the SAE in"),
     "trace: --out in a folder that does not exist": (["trace", "--out", "/nonexistent/t.json"], 2, r"argument --out: /nonexistent/t.json is in /nonexistent, which does not exist: give a file path in an existing folder"),
     "memory: --out is a folder": (["memory", "--out", tempfile.gettempdir()], 2, r"argument --out: .* is a folder: give a file path in an existing folder"),
