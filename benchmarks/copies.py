@@ -13,7 +13,6 @@ figure is the median over rounds of the variant's time over the idle model's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import SHAPES, build  # noqa: E402
-from timing import median_ratios  # noqa: E402
+from timing import median_ratios, start  # noqa: E402
 
 from auto_hookpoint import auto_hook  # noqa: E402
 from auto_hookpoint.core.cache import CacheObserver  # noqa: E402
@@ -72,18 +71,14 @@ def row(shape: str, rounds: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=40)
     print(
         "| model | hooked, idle ms | cache one layer, copies | views "
         "| capture every site, copies | views |"
     )
     print("|---|---|---|---|---|---|")
     for shape in SHAPES:
-        print(row(shape, args.rounds))
+        print(row(shape, rounds))
 
 
 if __name__ == "__main__":

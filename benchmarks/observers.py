@@ -8,7 +8,6 @@ module of the model watched; interleaved rounds, median of per-round ratios.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import SHAPES, build  # noqa: E402
-from timing import median_ratios  # noqa: E402
+from timing import median_ratios, start  # noqa: E402
 
 from auto_hookpoint import auto_hook  # noqa: E402
 from auto_hookpoint.observers.memory import memory_profile  # noqa: E402
@@ -51,15 +50,11 @@ def run(shape: str, rounds: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=40)
     print("| model | hooked, idle ms | trace | memory | numerics |")
     print("|---|---|---|---|---|")
     for shape in SHAPES:
-        print(run(shape, args.rounds))
+        print(run(shape, rounds))
 
 
 if __name__ == "__main__":

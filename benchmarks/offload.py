@@ -14,7 +14,6 @@ thread; calls interleaved round by round; each figure is the median over rounds 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from accelerate import cpu_offload, dispatch_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import SHAPES, build  # noqa: E402
-from timing import median_ratios  # noqa: E402
+from timing import median_ratios, start  # noqa: E402
 
 from auto_hookpoint import auto_hook  # noqa: E402
 
@@ -73,11 +72,7 @@ def run(shape: str, placement: str, rounds: int) -> tuple[float, dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=60)
     print(
         "| model | placement | dispatched un-hooked | another un-hooked copy | auto_hook idle "
         "| cache one layer | hook on an offloaded parameter |"
@@ -85,7 +80,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for shape in SHAPES:
         for placement in ("disk offload", "cpu offload"):
-            base, r = run(shape, placement, args.rounds)
+            base, r = run(shape, placement, rounds)
             print(
                 f"| {shape} | {placement} | {base * 1e3:.2f} ms | {r['again']:.3f}x "
                 f"| {r['idle']:.3f}x | {r['cache']:.3f}x | {r['param']:.3f}x |"

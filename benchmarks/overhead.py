@@ -10,7 +10,6 @@ interleaved round by round and each figure is the median over rounds of
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import median_ratios  # noqa: E402
+from timing import median_ratios, start  # noqa: E402
 
 from auto_hookpoint import auto_hook  # noqa: E402
 
@@ -81,16 +80,12 @@ def run(shape: str, rounds: int) -> list[tuple[str, str, float, float | None]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=60)
     header = "| model | what | un-hooked ms | auto_hook | HookedProxyLM | auto_hook / proxy |"
     print(header)
     print("|---|---|---|---|---|---|")
     for shape in SHAPES:
-        for model, label, base, ours, proxy in run(shape, args.rounds):
+        for model, label, base, ours, proxy in run(shape, rounds):
             vs = f"{ours / proxy:.3f}" if proxy else "-"
             proxy_cell = f"{proxy:.3f}x" if proxy else "not installed"
             print(f"| {model} | {label} | {base * 1e3:.3f} | {ours:.3f}x | {proxy_cell} | {vs} |")

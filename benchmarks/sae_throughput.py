@@ -11,7 +11,6 @@ same token batch, interleaved; figures are medians.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -24,6 +23,7 @@ from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import build  # noqa: E402
+from timing import start  # noqa: E402
 
 from auto_hookpoint.adapter import HookedTransformerAdapter  # noqa: E402
 from auto_hookpoint.demo import demo_corpus, demo_tokenizer  # noqa: E402
@@ -84,15 +84,11 @@ def run(shape: str, rounds: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=60)
     print("| model | hook | adapter acts/s | HookedProxyLM acts/s | adapter / proxy |")
     print("|---|---|---|---|---|")
     for shape in SHAPES:
-        print("\n".join(run(shape, args.rounds)))
+        print("\n".join(run(shape, rounds)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ stopping after that layer (as its activation store asks).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import SHAPES, build, proxy_for  # noqa: E402
-from timing import median_ratios  # noqa: E402
+from timing import median_ratios, start  # noqa: E402
 
 from auto_hookpoint import auto_hook  # noqa: E402
 
@@ -78,18 +77,14 @@ def run(shape: str, rounds: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, median of {args.rounds} interleaved rounds\n")
+    rounds = start(__doc__.split("\n")[0], default_rounds=40)
     print(
         "| model | split after | full forward ms | run_until | bare raising hook "
         "| HookedProxyLM stop | resume_from | run_until + resume_from |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for shape in SHAPES:
-        print("\n".join(run(shape, args.rounds)))
+        print("\n".join(run(shape, rounds)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -36,3 +37,16 @@ def median_ratios(
         for name in names:
             ratios[name].append(times[name] / times[baseline])
     return {n: statistics.median(r) for n, r in ratios.items()}, statistics.median(base_times)
+
+
+def start(description: str, default_rounds: int) -> int:
+    """The common start of a benchmark: read ``--rounds`` from the command line, time on
+    one torch thread, print the torch version and the method; return the rounds."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    rounds: int = parser.parse_args().rounds
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, median of {rounds} interleaved rounds\n")
+    return rounds
